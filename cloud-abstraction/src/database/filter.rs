@@ -1,0 +1,150 @@
+//! The reference semantics of filters and ordering, evaluated in memory.
+//!
+//! Backends that cannot push a query down to their server (and the conformance kit's model)
+//! use these functions, so that "what a query means" is written once.
+
+use super::{Direction, Document, Filter, FilterOp, OrderBy};
+use serde_json::Value;
+use std::cmp::Ordering;
+
+/// Looks up a dot-separated path in a JSON value.
+pub(crate) fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, segment| v.get(segment))
+}
+
+/// Compares two JSON scalars of the same type: numbers numerically, strings by UTF-8 bytes,
+/// booleans false < true. `None` for values of different types, null, arrays and objects.
+pub fn compare_json(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+                Some(x.cmp(&y))
+            } else {
+                x.as_f64()?.partial_cmp(&y.as_f64()?)
+            }
+        }
+        (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(_), Value::Number(_)) => compare_json(a, b) == Some(Ordering::Equal),
+        _ => a == b,
+    }
+}
+
+fn matches_one(value: &Value, filter: &Filter) -> bool {
+    let Some(field) = lookup(value, &filter.field) else {
+        return false;
+    };
+    match &filter.op {
+        FilterOp::Eq(v) => json_eq(field, v),
+        FilterOp::Ne(v) => !json_eq(field, v),
+        FilterOp::Lt(v) => compare_json(field, v) == Some(Ordering::Less),
+        FilterOp::Le(v) => matches!(
+            compare_json(field, v),
+            Some(Ordering::Less | Ordering::Equal)
+        ),
+        FilterOp::Gt(v) => compare_json(field, v) == Some(Ordering::Greater),
+        FilterOp::Ge(v) => matches!(
+            compare_json(field, v),
+            Some(Ordering::Greater | Ordering::Equal)
+        ),
+        FilterOp::In(vs) => vs.iter().any(|v| json_eq(field, v)),
+        FilterOp::Prefix(p) => field.as_str().is_some_and(|s| s.starts_with(p.as_str())),
+    }
+}
+
+/// Whether a document's content matches every filter.
+pub fn matches_filters(value: &Value, filters: &[Filter]) -> bool {
+    filters.iter().all(|f| matches_one(value, f))
+}
+
+/// A total order for sorting: missing < null < bool < number < string < array < object,
+/// and within a type [`compare_json`].
+fn sort_key_cmp(a: Option<&Value>, b: Option<&Value>) -> Ordering {
+    fn rank(v: Option<&Value>) -> u8 {
+        match v {
+            None => 0,
+            Some(Value::Null) => 1,
+            Some(Value::Bool(_)) => 2,
+            Some(Value::Number(_)) => 3,
+            Some(Value::String(_)) => 4,
+            Some(Value::Array(_)) => 5,
+            Some(Value::Object(_)) => 6,
+        }
+    }
+    rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
+        (Some(x), Some(y)) => compare_json(x, y).unwrap_or(Ordering::Equal),
+        _ => Ordering::Equal,
+    })
+}
+
+/// Sorts documents by `order_by`, then by id ascending.
+pub fn sort_documents(documents: &mut [Document], order_by: &[OrderBy]) {
+    documents.sort_by(|a, b| {
+        for key in order_by {
+            let ord = sort_key_cmp(lookup(&a.value, &key.field), lookup(&b.value, &key.field));
+            let ord = match key.direction {
+                Direction::Asc => ord,
+                Direction::Desc => ord.reverse(),
+            };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        a.id.as_bytes().cmp(b.id.as_bytes())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::database::Revision;
+    use serde_json::json;
+
+    #[test]
+    fn operators() {
+        let doc = json!({"n": 5, "s": "abc", "o": {"x": 1.5}});
+        let m = |f: Filter| matches_filters(&doc, &[f]);
+        assert!(m(Filter::eq("n", 5)));
+        assert!(m(Filter::eq("n", 5.0)));
+        assert!(!m(Filter::eq("n", "5")));
+        assert!(m(Filter::ne("n", 4)));
+        assert!(!m(Filter::ne("missing", 4)));
+        assert!(m(Filter::lt("n", 6)) && !m(Filter::lt("n", 5)));
+        assert!(m(Filter::le("n", 5)) && m(Filter::ge("n", 5)));
+        assert!(m(Filter::gt("o.x", 1)));
+        assert!(!m(Filter::gt("s", 1)), "no cross-type comparison");
+        assert!(m(Filter::is_in("s", vec![json!("x"), json!("abc")])));
+        assert!(m(Filter::prefix("s", "ab")) && !m(Filter::prefix("s", "b")));
+        assert!(!m(Filter::prefix("n", "5")));
+    }
+
+    #[test]
+    fn sorting_breaks_ties_by_id() {
+        let d = |id: &str, v: Value| Document {
+            id: id.into(),
+            value: v,
+            revision: Revision(1),
+            expires_at: None,
+        };
+        let mut docs = vec![
+            d("b", json!({"k": 1})),
+            d("a", json!({"k": 2})),
+            d("c", json!({"k": 1})),
+        ];
+        sort_documents(
+            &mut docs,
+            &[OrderBy {
+                field: "k".into(),
+                direction: Direction::Desc,
+            }],
+        );
+        let ids: Vec<_> = docs.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Conformance suite for the compute trait (in progress).

@@ -1,0 +1,1 @@
+//! Conformance suite for the queue trait (in progress).

@@ -1,0 +1,216 @@
+//! Backend URLs with secrets redacted in every printed form.
+
+use crate::{Error, Result};
+use std::fmt;
+
+/// A parsed backend URL such as `postgres://user:secret@db:5432/app` or `mem://`.
+///
+/// [`Display`](fmt::Display) and [`Debug`](fmt::Debug) never show the password, nor the values
+/// of query parameters whose names look like secrets (`secret`, `password`, `token`, `key`,
+/// `signature`, `sas`, `credential`). Use [`ResourceUrl::expose`] to get the full URL when
+/// connecting.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResourceUrl {
+    inner: url::Url,
+}
+
+const SECRET_PARAM_HINTS: &[&str] = &[
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "key",
+    "signature",
+    "sig",
+    "sas",
+    "credential",
+];
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAM_HINTS.iter().any(|hint| name.contains(hint))
+}
+
+impl ResourceUrl {
+    /// Parses `input`; a malformed URL is an [`InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// error whose message does not repeat the input (it may hold a password).
+    pub fn parse(input: &str) -> Result<Self> {
+        if input.trim().is_empty() {
+            return Err(Error::invalid("url", "empty backend URL"));
+        }
+        let inner = url::Url::parse(input).map_err(|e| {
+            Error::invalid(
+                "url",
+                format!(
+                    "malformed backend URL (scheme `{}`): {e}",
+                    input.split(':').next().unwrap_or("")
+                ),
+            )
+        })?;
+        Ok(Self { inner })
+    }
+
+    /// The scheme, lower case (`"postgres"`, `"mem"`, `"s3"`).
+    pub fn scheme(&self) -> &str {
+        self.inner.scheme()
+    }
+
+    /// The host, if any.
+    pub fn host(&self) -> Option<&str> {
+        self.inner.host_str()
+    }
+
+    /// The port, if given.
+    pub fn port(&self) -> Option<u16> {
+        self.inner.port()
+    }
+
+    /// The path (percent-decoded as far as it is valid UTF-8).
+    pub fn path(&self) -> String {
+        let raw = self.inner.path();
+        percent_decode(raw)
+    }
+
+    /// The user name, if any (user names are not treated as secrets).
+    pub fn username(&self) -> Option<&str> {
+        let user = self.inner.username();
+        (!user.is_empty()).then_some(user)
+    }
+
+    /// Whether the URL carries a password.
+    pub fn has_password(&self) -> bool {
+        self.inner.password().is_some()
+    }
+
+    /// The value of query parameter `name` (the first one, if repeated).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.inner
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// All query parameters, in order.
+    pub fn query_params(&self) -> Vec<(String, String)> {
+        self.inner
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    /// The full URL, secrets included. Only for handing to a client library; never log it.
+    pub fn expose(&self) -> &str {
+        self.inner.as_str()
+    }
+
+    /// The underlying parsed URL (secrets included).
+    pub fn as_url(&self) -> &url::Url {
+        &self.inner
+    }
+
+    /// The URL with the password and secret-looking query values replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.inner.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        let pairs: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_param(&k) {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        if !pairs.is_empty() {
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        shown.to_string()
+    }
+}
+
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| raw.to_string())
+}
+
+impl fmt::Display for ResourceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for ResourceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ResourceUrl")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+impl std::str::FromStr for ResourceUrl {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_and_secret_params_are_redacted() {
+        let url = ResourceUrl::parse(
+            "postgres://app:hunter2@db.local:5432/cars?sslmode=require&access_key_secret=abc",
+        )
+        .unwrap();
+        let shown = url.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("abc"), "{shown}");
+        assert!(shown.contains("sslmode=require"));
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(url.expose().contains("hunter2"));
+        assert_eq!(url.username(), Some("app"));
+        assert_eq!(url.port(), Some(5432));
+    }
+
+    #[test]
+    fn malformed_urls_are_invalid_argument_without_echo() {
+        for bad in ["", "   ", "no scheme here", "postgres://user:pw@[::1"] {
+            let err = ResourceUrl::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad}");
+            assert!(!err.to_string().contains("pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn sqlite_memory_spelling() {
+        let url = ResourceUrl::parse("sqlite::memory:").unwrap();
+        assert_eq!(url.scheme(), "sqlite");
+        assert_eq!(url.path(), ":memory:");
+    }
+
+    #[test]
+    fn path_is_percent_decoded() {
+        let url = ResourceUrl::parse("file:///tmp/a%20b").unwrap();
+        assert_eq!(url.path(), "/tmp/a b");
+    }
+}

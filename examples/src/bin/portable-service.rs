@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the connected-vehicle command service.
+fn main() {}
