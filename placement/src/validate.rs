@@ -244,6 +244,44 @@ fn check_model(model: &Model) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Fast check of the static filters (no reasons collected).
+pub(crate) fn statically_allowed(unit: &Unit, region: &Region, provider_down: bool) -> bool {
+    if provider_down || region.down {
+        return false;
+    }
+    if !unit.allowed_regions.is_empty() && !unit.allowed_regions.contains(&region.id) {
+        return false;
+    }
+    if unit.forbidden_regions.contains(&region.id) {
+        return false;
+    }
+    for (k, vals) in &unit.require_labels {
+        if !region.labels.get(k).is_some_and(|v| vals.contains(v)) {
+            return false;
+        }
+    }
+    for (k, vals) in &unit.forbid_labels {
+        if region.labels.get(k).is_some_and(|v| vals.contains(v)) {
+            return false;
+        }
+    }
+    if !unit
+        .require_certifications
+        .iter()
+        .all(|c| region.certifications.contains(c))
+    {
+        return false;
+    }
+    if let Some(max) = unit.max_latency_ms {
+        for ur in &unit.user_regions {
+            if !region.latency_ms.get(ur).is_some_and(|l| *l <= max) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Reasons why `region` (of a provider that is `provider_down`) is excluded for
 /// `unit` by its static filters; empty if the region is allowed.
 pub(crate) fn static_filters(unit: &Unit, region: &Region, provider_down: bool) -> Vec<String> {
@@ -470,18 +508,13 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
             demand: Vec::new(),
             removed: Vec::new(),
         };
-        for (ri, (r, pdown)) in region_refs.iter().enumerate() {
-            let mut why = static_filters(u, r, *pdown);
-            let o = uov.and_then(|m| m.get(&(ri as u32)));
-            let d: &[f64] = match o {
-                Some((_, Some(d))) => d,
-                _ => &base,
-            };
-            let single = if u.colocate.is_some() {
-                u.replicas as f64
-            } else {
-                1.0
-            };
+        let single = if u.colocate.is_some() {
+            u.replicas as f64
+        } else {
+            1.0
+        };
+        let reasons = |ri: usize, r: &Region, pdown: bool, d: &[f64]| {
+            let mut why = static_filters(u, r, pdown);
             for (k, dv) in d.iter().enumerate() {
                 if dv * single > regions[ri].cap[k] * (1.0 + 1e-9) + 1e-9 {
                     why.push(format!(
@@ -492,8 +525,23 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
                     ));
                 }
             }
-            if !why.is_empty() {
-                t.removed.push((r.id.clone(), why));
+            why
+        };
+        let demand_at = |ri: usize| -> &[f64] {
+            match uov.and_then(|m| m.get(&(ri as u32))) {
+                Some((_, Some(d))) => d,
+                _ => &base,
+            }
+        };
+        for (ri, (r, pdown)) in region_refs.iter().enumerate() {
+            let o = uov.and_then(|m| m.get(&(ri as u32)));
+            let d = demand_at(ri);
+            if !statically_allowed(u, r, *pdown)
+                || d
+                    .iter()
+                    .enumerate()
+                    .any(|(k, dv)| dv * single > regions[ri].cap[k] * (1.0 + 1e-9) + 1e-9)
+            {
                 continue;
             }
             let compute = match o {
@@ -520,6 +568,14 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
             t.cost.push(c);
             t.lat.push(w.latency * lat);
             t.demand.extend_from_slice(d);
+        }
+        if t.allowed.is_empty() || u.colocate.is_some() {
+            for (ri, (r, pdown)) in region_refs.iter().enumerate() {
+                let why = reasons(ri, r, *pdown, demand_at(ri));
+                if !why.is_empty() {
+                    t.removed.push((r.id.clone(), why));
+                }
+            }
         }
         tables.push(t);
     }

@@ -36,6 +36,27 @@ pub struct ComputeCapabilities {
     pub simulated: bool,
 }
 
+impl ComputeCapabilities {
+    /// Nothing claimed. The struct is `#[non_exhaustive]`, so a backend in another crate
+    /// starts from this and sets the fields it supports.
+    pub fn minimal() -> Self {
+        Self {
+            images: false,
+            commands: false,
+            logs: false,
+            scale: false,
+            resource_limits: false,
+            ports: false,
+            simulated: false,
+        }
+    }
+}
+
+/// The largest replica count a portable spec may ask for; backends reject larger counts with
+/// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) (a typo such as `10000` should not
+/// fork ten thousand processes).
+pub const MAX_REPLICAS: u32 = 1000;
+
 /// When an instance that exited is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

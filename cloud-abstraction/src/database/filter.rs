@@ -4,8 +4,48 @@
 //! use these functions, so that "what a query means" is written once.
 
 use super::{Direction, Document, Filter, FilterOp, OrderBy};
+use crate::{Error, Result};
 use serde_json::Value;
 use std::cmp::Ordering;
+
+/// Longest field path, in bytes.
+pub const MAX_FIELD_PATH_LEN: usize = 255;
+
+/// Checks a [`FieldPath`](super::FieldPath): 1 to [`MAX_FIELD_PATH_LEN`] bytes of
+/// `.`-separated segments, none empty, without control characters, `"` or `\`.
+///
+/// The excluded characters are the ones that would need escaping in the JSON-path syntax of
+/// SQL backends; rejecting them everywhere keeps a query valid on every backend.
+pub fn validate_field_path(backend: &'static str, path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Err(Error::invalid(backend, "field path is empty"));
+    }
+    if path.len() > MAX_FIELD_PATH_LEN {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "field path is {} bytes long; the limit is {MAX_FIELD_PATH_LEN}",
+                path.len()
+            ),
+        ));
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| c.is_control() || *c == '"' || *c == '\\')
+    {
+        return Err(Error::invalid(
+            backend,
+            format!("field path contains the forbidden character {c:?}"),
+        ));
+    }
+    if path.split('.').any(str::is_empty) {
+        return Err(Error::invalid(
+            backend,
+            format!("field path `{path}` has an empty segment"),
+        ));
+    }
+    Ok(())
+}
 
 /// Looks up a dot-separated path in a JSON value.
 pub(crate) fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
@@ -122,6 +162,16 @@ mod tests {
         assert!(m(Filter::is_in("s", vec![json!("x"), json!("abc")])));
         assert!(m(Filter::prefix("s", "ab")) && !m(Filter::prefix("s", "b")));
         assert!(!m(Filter::prefix("n", "5")));
+    }
+
+    #[test]
+    fn field_paths() {
+        assert!(validate_field_path("t", "a").is_ok());
+        assert!(validate_field_path("t", "owner.country").is_ok());
+        for bad in ["", ".", "a.", ".a", "a..b", "a\"b", "a\\b", "a\nb"] {
+            assert!(validate_field_path("t", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_field_path("t", &"a".repeat(MAX_FIELD_PATH_LEN + 1)).is_err());
     }
 
     #[test]

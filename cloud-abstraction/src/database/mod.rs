@@ -5,7 +5,8 @@
 //! (optimistic concurrency). Collections come into being with their first write.
 //!
 //! Query semantics are defined here once, so that every backend answers alike:
-//! - a [`FieldPath`] is a dot-separated path into the document (`"owner.country"`);
+//! - a [`FieldPath`] is a dot-separated path into the document (`"owner.country"`); paths
+//!   that [`validate_field_path`] rejects are [`InvalidArgument`](crate::ErrorKind::InvalidArgument);
 //! - comparison filters (`<`, `<=`, `>`, `>=`) match only when the field exists and has the
 //!   same JSON type (number or string) as the operand; numbers compare numerically, strings
 //!   by their UTF-8 bytes;
@@ -21,7 +22,9 @@ mod filter;
 pub mod service;
 
 pub use ext::DocumentStoreExt;
-pub use filter::{compare_json, matches_filters, sort_documents};
+pub use filter::{
+    MAX_FIELD_PATH_LEN, compare_json, matches_filters, sort_documents, validate_field_path,
+};
 
 use crate::{BackendInfo, Result};
 use async_trait::async_trait;

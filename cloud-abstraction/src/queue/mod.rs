@@ -222,6 +222,11 @@ pub trait MessageQueue: Debug + Send + Sync + 'static {
     ) -> Result<Vec<ReceivedMessage>>;
 
     /// Acknowledges a delivery: the message is not delivered to this group again.
+    ///
+    /// Receipts are per delivery: a backend may reject the receipt of an earlier delivery of a
+    /// message that has since been delivered again with
+    /// [`PreconditionFailed`](crate::ErrorKind::PreconditionFailed) (the embedded backends do),
+    /// and a malformed receipt with [`InvalidArgument`](crate::ErrorKind::InvalidArgument).
     async fn ack(&self, topic: &str, group: &str, receipt: &str) -> Result<()>;
 
     /// Gives a delivery back, to be delivered again after `delay` (zero: at once).

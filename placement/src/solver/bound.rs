@@ -22,6 +22,7 @@ pub(crate) struct Bound {
 
 /// Solves a block's subproblem for item values `v` (parallel to `allowed`);
 /// returns the value and pushes the chosen positions (one per item).
+#[inline(never)]
 fn block_lb(inst: &Instance, b: &Block, v: &[f64], chosen: &mut Vec<u32>, scratch: &mut Vec<(f64, u32)>) -> f64 {
     let n = b.n_items as usize;
     let (mut best, mut bp) = (f64::INFINITY, 0usize);
@@ -40,17 +41,14 @@ fn block_lb(inst: &Instance, b: &Block, v: &[f64], chosen: &mut Vec<u32>, scratc
     let start = chosen.len();
     if b.spread_p > 1 {
         scratch.clear();
+        scratch.resize(inst.providers.len(), (f64::INFINITY, u32::MAX));
         for (p, &x) in v.iter().enumerate() {
-            let prov = inst.regions[b.allowed[p] as usize].provider;
-            match scratch.iter_mut().find(|(_, q)| inst.regions[b.allowed[*q as usize] as usize].provider == prov) {
-                Some(e) => {
-                    if x < e.0 {
-                        *e = (x, p as u32);
-                    }
-                }
-                None => scratch.push((x, p as u32)),
+            let prov = inst.regions[b.allowed[p] as usize].provider as usize;
+            if x < scratch[prov].0 {
+                scratch[prov] = (x, p as u32);
             }
         }
+        scratch.retain(|e| e.1 != u32::MAX);
         scratch.sort_by(|a, c| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1)));
         let k = (b.spread_p as usize).min(scratch.len());
         lb_p = scratch[..k].iter().map(|x| x.0).sum::<f64>() + (n - k) as f64 * best;
@@ -75,6 +73,7 @@ fn block_lb(inst: &Instance, b: &Block, v: &[f64], chosen: &mut Vec<u32>, scratc
 
 /// Runs the subgradient method. `ub` is an upper bound estimate (a feasible
 /// cost if known), used by the Polyak step size.
+#[inline(never)]
 pub(crate) fn lagrangian(inst: &Instance, ub: Option<f64>, max_iter: u32, deadline: Option<Instant>) -> Bound {
     let d = inst.dims;
     let nr = inst.regions.len();
@@ -98,6 +97,10 @@ pub(crate) fn lagrangian(inst: &Instance, ub: Option<f64>, max_iter: u32, deadli
     let mut scratch = Vec::new();
     let mut g = vec![0.0f64; nr * d];
     let mut ub = ub;
+    if std::env::var_os("PLACEMENT_DEBUG").is_some() {
+        let work: usize = inst.blocks.iter().map(|b| b.allowed.len()).sum();
+        eprintln!("[dbg] bound work per iteration {work}, blocks {}", inst.blocks.len());
+    }
     for it in 0..max_iter.max(1) {
         if it > 0 {
             if let Some(dl) = deadline {
@@ -107,6 +110,9 @@ pub(crate) fn lagrangian(inst: &Instance, ub: Option<f64>, max_iter: u32, deadli
             }
         }
         best.iterations = it + 1;
+        if it % 100 == 99 && std::env::var_os("PLACEMENT_DEBUG").is_some() {
+            eprintln!("[dbg] bound it {it} value {}", best.value);
+        }
         let lambda: Vec<f64> = (0..nr * d).map(|x| mu[x] / scale[x % d]).collect();
         let mut total = 0.0;
         // g = scaled load - scaled cap

@@ -1,0 +1,88 @@
+//! Tower middleware for every trait, written once per concern.
+//!
+//! Every layer works on the request enum of any of the four traits (through
+//! [`OperationRequest`]), so the same stack serves storage, database, queue and compute:
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use cloud_abstraction::storage::{BlobStore, BlobStoreExt};
+//! use paas_components::layers::{self, MetricsLayer, RetryLayer, TimeoutLayer};
+//! use paas_components::storage::MemoryBlobStore;
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> cloud_abstraction::Result<()> {
+//! let store: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+//! let resilient = layers::blob_store(
+//!     store,
+//!     ServiceBuilder::new()
+//!         .layer(MetricsLayer::new())
+//!         .layer(RetryLayer::new(3))
+//!         .layer(TimeoutLayer::new(Duration::from_secs(5))),
+//! );
+//! resilient.put_bytes("hello", "world".into()).await?;
+//! assert_eq!(resilient.get_bytes("hello").await?, "world");
+//! # Ok(()) }
+//! ```
+//!
+//! Tower's own middleware (rate and concurrency limits, load shedding, buffers) stacks in the
+//! same way; their errors come back as retryable [`Unavailable`](cloud_abstraction::ErrorKind::Unavailable)
+//! errors (see [`cloud_abstraction::service_util::error_from_service`]).
+
+mod fault;
+mod metrics;
+mod retry;
+mod timeout;
+
+pub use fault::{FaultInjector, FaultLayer, FaultService};
+pub use metrics::{MetricsLayer, MetricsService};
+pub use retry::{RetryLayer, RetryPolicy};
+pub use timeout::{Timeout, TimeoutLayer};
+
+use cloud_abstraction::compute::service::{ComputeRequest, ComputeResponse, ComputeService, ServiceCompute};
+use cloud_abstraction::database::service::{
+    DocumentRequest, DocumentResponse, DocumentStoreService, ServiceDocumentStore,
+};
+use cloud_abstraction::queue::service::{MessageQueueService, QueueRequest, QueueResponse, ServiceMessageQueue};
+use cloud_abstraction::service_util::{BoxError, OperationRequest};
+use cloud_abstraction::storage::service::{BlobRequest, BlobResponse, BlobStoreService, ServiceBlobStore};
+use cloud_abstraction::{BlobStore, Compute, DocumentStore, MessageQueue};
+use std::sync::Arc;
+use tower::{Layer, Service};
+
+macro_rules! layered_constructor {
+    ($(#[$doc:meta])* $fn:ident, $dyn:ident, $svc:ident, $wrapper:ident, $req:ty, $resp:ty) => {
+        $(#[$doc])*
+        pub fn $fn<L>(inner: Arc<dyn $dyn>, layer: L) -> Arc<dyn $dyn>
+        where
+            L: Layer<$svc>,
+            L::Service: Service<$req, Response = $resp> + Clone + Send + Sync + 'static,
+            <L::Service as Service<$req>>::Error: Into<BoxError>,
+            <L::Service as Service<$req>>::Future: Send,
+        {
+            let info = inner.info();
+            let capabilities = inner.capabilities();
+            Arc::new($wrapper::new(layer.layer($svc::new(inner)), info, capabilities))
+        }
+    };
+}
+
+layered_constructor!(
+    /// Wraps a blob store in `layer` and returns the result as a blob store again.
+    blob_store, BlobStore, BlobStoreService, ServiceBlobStore, BlobRequest, BlobResponse
+);
+layered_constructor!(
+    /// Wraps a document store in `layer` and returns the result as a document store again.
+    document_store, DocumentStore, DocumentStoreService, ServiceDocumentStore, DocumentRequest, DocumentResponse
+);
+layered_constructor!(
+    /// Wraps a queue in `layer` and returns the result as a queue again.
+    message_queue, MessageQueue, MessageQueueService, ServiceMessageQueue, QueueRequest, QueueResponse
+);
+layered_constructor!(
+    /// Wraps a compute backend in `layer` and returns the result as a compute backend again.
+    compute, Compute, ComputeService, ServiceCompute, ComputeRequest, ComputeResponse
+);
+
+/// Marker bound of the request types the layers accept.
+pub trait LayerRequest: OperationRequest + Clone + Send + 'static {}
+impl<T: OperationRequest + Clone + Send + 'static> LayerRequest for T {}

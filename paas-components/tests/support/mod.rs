@@ -1,0 +1,115 @@
+//! Test support shared by the server-backed suites: finding the server, and a loopback TCP
+//! proxy that a fault test can cut and restore.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+/// The URL of a real server for a suite: the environment variable `var` if set, else
+/// `default` (the address SERVICES.md gives). Returns `None` only on a developer machine
+/// without the server, after saying so loudly; under CI (`CI` set) an unreachable server fails.
+pub async fn server_url(var: &str, default: &str, probe_addr: &str) -> Option<String> {
+    let url = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    let reachable = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        TcpStream::connect(probe_addr),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if reachable {
+        return Some(url);
+    }
+    if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_SERVERS").is_some() {
+        panic!("{var}: server at {probe_addr} is not reachable, and CI requires it");
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: no server at {probe_addr} for {var}; this suite did NOT run. \
+         Start it (see ../shared/SERVICES.md) or set CI=1 to make this a failure. !!!!!!!!\n"
+    );
+    None
+}
+
+/// A loopback TCP proxy in front of a server. `cut()` drops every open connection and
+/// refuses new ones (they are accepted and closed at once); `restore()` lets traffic through
+/// again. Dropping the proxy stops it.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept_task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy on an ephemeral loopback port forwarding to `target`.
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let target = target.to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept_task = {
+            let up = Arc::clone(&up);
+            let connections = Arc::clone(&connections);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                            let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    let mut open = connections.lock().await;
+                    open.retain(|t| !t.is_finished());
+                    open.push(task);
+                }
+            })
+        };
+        Self {
+            addr,
+            up,
+            connections,
+            accept_task,
+        }
+    }
+
+    /// The proxy's address, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Takes the server away: open connections are dropped, new ones closed at once.
+    pub async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for task in self.connections.lock().await.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Brings the server back.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        if let Ok(mut open) = self.connections.try_lock() {
+            for task in open.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}

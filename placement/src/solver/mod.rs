@@ -1,0 +1,494 @@
+//! The solver: Lagrangian bound, construction, local search, and the public
+//! operations [`solve`], [`resolve`] and [`what_if`].
+//!
+//! Determinism: with `time_limit: None` the result depends only on the model,
+//! the seed and the iteration limits. With a wall-clock limit, the search
+//! stops when the time is up, so the plan may depend on machine speed (it is
+//! still always a checked feasible plan, with a valid bound).
+
+pub(crate) mod bound;
+pub(crate) mod construct;
+pub(crate) mod local_search;
+pub(crate) mod rng;
+pub(crate) mod state;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PlacementError;
+use crate::explain::{Explanation, explain};
+use crate::model::{CostBreakdown, Model, Plan};
+use crate::validate::{Instance, compile};
+use local_search::{Best, Limits};
+use rng::Rng;
+use state::{State, evaluate};
+
+/// Options of the solver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SolveOptions {
+    /// Wall-clock budget; `None` for a purely iteration-limited (fully
+    /// deterministic) run.
+    pub time_limit: Option<Duration>,
+    /// Maximum number of item-neighbourhood scans of the local search.
+    pub max_scans: u64,
+    /// Maximum number of subgradient iterations of the lower bound.
+    pub bound_iterations: u32,
+    /// Seed of the pseudo-random generator.
+    pub seed: u64,
+    /// Keep enough spare capacity that any single provider can fail (see
+    /// [`crate::checker::check_survivable`]).
+    pub survivable: bool,
+    /// Compute per-unit explanations (costly on very large models).
+    pub explain: bool,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        SolveOptions {
+            time_limit: None,
+            max_scans: 2_000_000,
+            bound_iterations: 300,
+            seed: 1,
+            survivable: false,
+            explain: true,
+        }
+    }
+}
+
+impl SolveOptions {
+    /// Options with a wall-clock budget (iteration limits effectively lifted).
+    pub fn with_time_limit(limit: Duration) -> Self {
+        SolveOptions {
+            time_limit: Some(limit),
+            max_scans: u64::MAX,
+            ..SolveOptions::default()
+        }
+    }
+}
+
+/// Statistics of a run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SolveStats {
+    /// Subgradient iterations done for the bound.
+    pub bound_iterations: u32,
+    /// Item-neighbourhood scans done by the local search.
+    pub scans: u64,
+    /// Wall-clock seconds spent (not deterministic).
+    pub seconds: f64,
+    /// Capacity scale used to obtain a survivable plan (1 = full capacity).
+    pub capacity_scale: f64,
+    /// Existing replicas whose region changed.
+    pub moved_replicas: u64,
+}
+
+/// A solved placement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Solution {
+    /// The plan: every replica's region.
+    pub plan: Plan,
+    /// Cost of the plan, by term.
+    pub cost: CostBreakdown,
+    /// A provable lower bound on the optimal cost (of the model without the
+    /// survivability reservation).
+    pub lower_bound: f64,
+    /// Relative gap `(cost - lower_bound) / cost` (0 when the cost is 0).
+    pub gap: f64,
+    /// Per-unit explanations (empty if disabled).
+    pub explanations: Vec<Explanation>,
+    /// Run statistics.
+    pub stats: SolveStats,
+}
+
+/// Options of [`resolve`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolveOptions {
+    /// Maximum number of replicas of existing units that may move, forced
+    /// moves (out of regions that are down or gone) excluded. `None`: no limit.
+    pub migration_budget: Option<u64>,
+    /// Search-only penalty per voluntary move; `None` picks one larger than
+    /// any single-replica saving, so replicas move only when needed.
+    pub move_penalty: Option<f64>,
+    /// Solver options.
+    pub solve: SolveOptions,
+}
+
+impl Default for ResolveOptions {
+    fn default() -> Self {
+        ResolveOptions {
+            migration_budget: None,
+            move_penalty: None,
+            solve: SolveOptions::default(),
+        }
+    }
+}
+
+/// A failure scenario for [`what_if`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// A whole provider fails.
+    Provider(String),
+    /// One region fails.
+    Region(String),
+}
+
+/// Result of [`what_if`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhatIf {
+    /// The plan before the failure.
+    pub before: Solution,
+    /// The re-plan after the failure.
+    pub after: Solution,
+    /// The model after the failure (with current placement = `before`).
+    pub failed_model: Model,
+}
+
+pub(crate) struct RunResult {
+    pub(crate) best: Best,
+    pub(crate) bound: f64,
+    pub(crate) bound_iterations: u32,
+}
+
+/// Full pipeline on a compiled instance with capacities `cap`.
+pub(crate) fn run(
+    inst: &Instance,
+    cap: &[f64],
+    opts: &SolveOptions,
+    warm: bool,
+    move_penalty: f64,
+    deadline: Option<Instant>,
+) -> RunResult {
+    let start = Instant::now();
+    let mut rng = Rng::new(opts.seed);
+    let nrd = inst.regions.len() * inst.dims;
+    let zeros = vec![0.0; nrd];
+    let a0 = construct::construct(inst, cap, &zeros, warm);
+    let s0 = State::new(inst, cap.to_vec(), a0, move_penalty);
+    let ub0 = s0.feasible().then_some(s0.cost);
+    if std::env::var_os("PLACEMENT_DEBUG").is_some() {
+        eprintln!("[dbg] t={:.3}s s0 built", start.elapsed().as_secs_f64());
+    }
+    let bound_deadline = deadline.map(|d| start + (d.saturating_duration_since(start)) / 4);
+    let bnd = bound::lagrangian(inst, ub0, opts.bound_iterations, bound_deadline);
+    let a1 = construct::construct(inst, cap, &bnd.lambda, warm);
+    let s1 = State::new(inst, cap.to_vec(), a1, move_penalty);
+    let pick1 = match (s0.feasible(), s1.feasible()) {
+        (true, false) => false,
+        (false, true) => true,
+        _ => s1.cost + s1.penalty() <= s0.cost + s0.penalty(),
+    };
+    let dbg = std::env::var_os("PLACEMENT_DEBUG").is_some();
+    if dbg {
+        eprintln!(
+            "[dbg] t={:.3}s bound={} it={} s0: feas={} cost={} s1: feas={} cost={}",
+            start.elapsed().as_secs_f64(), bnd.value, bnd.iterations, s0.feasible(), s0.cost, s1.feasible(), s1.cost
+        );
+    }
+    let mut st = if pick1 { s1 } else { s0 };
+    let best = local_search::search(
+        &mut st,
+        Limits {
+            deadline,
+            max_scans: opts.max_scans,
+        },
+        &mut rng,
+    );
+    if dbg {
+        eprintln!("[dbg] t={:.3}s search: feas={} cost={} scans={}", start.elapsed().as_secs_f64(), best.feasible, best.cost, best.scans);
+    }
+    RunResult {
+        best,
+        bound: bnd.value,
+        bound_iterations: bnd.iterations,
+    }
+}
+
+fn assign_of(inst: &Instance, apos: &[u32]) -> Vec<u32> {
+    apos.iter()
+        .enumerate()
+        .map(|(i, &p)| inst.blocks[inst.items[i] as usize].allowed[p as usize])
+        .collect()
+}
+
+pub(crate) fn plan_of(inst: &Instance, assign: &[u32]) -> Plan {
+    let mut plan = Plan::default();
+    for u in &inst.units {
+        let b = &inst.blocks[u.block as usize];
+        let mut v: Vec<String> = if u.grouped {
+            vec![inst.regions[assign[b.first_item as usize] as usize].id.clone(); u.replicas as usize]
+        } else {
+            (b.first_item..b.first_item + b.n_items)
+                .map(|it| inst.regions[assign[it as usize] as usize].id.clone())
+                .collect()
+        };
+        v.sort();
+        plan.placements.insert(u.id.clone(), v);
+    }
+    plan
+}
+
+/// Solver-side survivability test: for each provider, can its items be
+/// re-packed (first fit decreasing, cheapest region first) into the spare
+/// capacity of the other providers' allowed regions? Returns the providers
+/// whose failure cannot be absorbed.
+pub(crate) fn unsurvivable(inst: &Instance, assign: &[u32]) -> Vec<String> {
+    let d = inst.dims;
+    let mut load = vec![0.0; inst.regions.len() * d];
+    for (i, &r) in assign.iter().enumerate() {
+        let b = &inst.blocks[inst.items[i] as usize];
+        let p = b.pos(r).unwrap_or(0);
+        for k in 0..d {
+            load[r as usize * d + k] += b.demand[p * d + k];
+        }
+    }
+    let mut bad = Vec::new();
+    for (pi, pname) in inst.providers.iter().enumerate() {
+        let mut displaced: Vec<usize> = (0..assign.len())
+            .filter(|&i| inst.regions[assign[i] as usize].provider as usize == pi)
+            .collect();
+        if displaced.is_empty() {
+            continue;
+        }
+        let size = |i: usize| {
+            let b = &inst.blocks[inst.items[i] as usize];
+            let p = b.pos(assign[i]).unwrap_or(0);
+            (0..d)
+                .map(|k| {
+                    let tot: f64 = inst.regions.iter().map(|r| r.cap[k]).sum();
+                    b.demand[p * d + k] / tot.max(1e-12)
+                })
+                .fold(0.0, f64::max)
+        };
+        displaced.sort_by(|&a, &b| size(b).total_cmp(&size(a)).then(a.cmp(&b)));
+        let mut l = load.clone();
+        let mut ok = true;
+        for &i in &displaced {
+            let b = &inst.blocks[inst.items[i] as usize];
+            let mut cands: Vec<usize> = (0..b.allowed.len())
+                .filter(|&q| {
+                    let r = &inst.regions[b.allowed[q] as usize];
+                    r.provider as usize != pi && !r.down
+                })
+                .collect();
+            cands.sort_by(|&x, &y| b.cost[x].total_cmp(&b.cost[y]).then(x.cmp(&y)));
+            let fit = cands.into_iter().find(|&q| {
+                let r = b.allowed[q] as usize;
+                (0..d).all(|k| {
+                    let c = inst.regions[r].cap[k];
+                    l[r * d + k] + b.demand[q * d + k] <= c + 1e-9 * c.abs().max(1.0)
+                })
+            });
+            match fit {
+                Some(q) => {
+                    let r = b.allowed[q] as usize;
+                    for k in 0..d {
+                        l[r * d + k] += b.demand[q * d + k];
+                    }
+                }
+                None => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            bad.push(pname.clone());
+        }
+    }
+    bad
+}
+
+fn finish(
+    model: &Model,
+    inst: &Instance,
+    r: RunResult,
+    opts: &SolveOptions,
+    start: Instant,
+    scale: f64,
+    violations: impl FnOnce() -> Vec<String>,
+) -> Result<Solution, PlacementError> {
+    if !r.best.feasible {
+        return Err(PlacementError::NoFeasiblePlanFound {
+            violations: violations(),
+        });
+    }
+    let assign = assign_of(inst, &r.best.apos);
+    let cost = evaluate(inst, &assign);
+    let plan = plan_of(inst, &assign);
+    let lb = r.bound.min(cost.total);
+    let gap = if cost.total.abs() > 1e-12 {
+        ((cost.total - lb) / cost.total.abs()).max(0.0)
+    } else {
+        0.0
+    };
+    let moved = (0..inst.units.len())
+        .map(|u| state::moved_replicas(inst, &assign, u) as u64)
+        .sum();
+    let explanations = if opts.explain {
+        explain(model, &plan)
+    } else {
+        Vec::new()
+    };
+    Ok(Solution {
+        plan,
+        cost,
+        lower_bound: lb,
+        gap,
+        explanations,
+        stats: SolveStats {
+            bound_iterations: r.bound_iterations,
+            scans: r.best.scans,
+            seconds: start.elapsed().as_secs_f64(),
+            capacity_scale: scale,
+            moved_replicas: moved,
+        },
+    })
+}
+
+fn solve_compiled(
+    model: &Model,
+    inst: &Instance,
+    opts: &SolveOptions,
+    warm: bool,
+    move_penalty: f64,
+) -> Result<Solution, PlacementError> {
+    let start = Instant::now();
+    let deadline = opts.time_limit.map(|t| start + t);
+    let cap0: Vec<f64> = inst
+        .regions
+        .iter()
+        .flat_map(|r| r.cap.iter().map(move |&c| if r.down { 0.0 } else { c }))
+        .collect();
+    if !opts.survivable {
+        let r = run(inst, &cap0, opts, warm, move_penalty, deadline);
+        let apos = r.best.apos.clone();
+        let viol = move || {
+            let st = State::new(inst, cap0, apos, move_penalty);
+            st.violations()
+        };
+        return finish(model, inst, r, opts, start, 1.0, viol);
+    }
+    // Survivable: shrink the usable capacity until every single-provider
+    // failure can be absorbed by the spare capacity of the others.
+    let scales = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35];
+    let mut last_bound = f64::NEG_INFINITY;
+    for (t, &s) in scales.iter().enumerate() {
+        let sub_deadline = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Instant::now() + left / (scales.len() - t).min(4) as u32
+        });
+        let mut o = opts.clone();
+        o.max_scans = opts.max_scans / 4;
+        let cap: Vec<f64> = cap0.iter().map(|c| c * s).collect();
+        let r = run(inst, &cap, &o, warm, move_penalty, sub_deadline);
+        if s == 1.0 {
+            last_bound = r.bound;
+        }
+        if r.best.feasible {
+            let assign = assign_of(inst, &r.best.apos);
+            if unsurvivable(inst, &assign).is_empty() {
+                let r = RunResult {
+                    bound: last_bound,
+                    ..r
+                };
+                return finish(model, inst, r, opts, start, s, Vec::new);
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    Err(PlacementError::NoFeasiblePlanFound {
+        violations: vec![
+            "no plan found whose spare capacity absorbs the failure of every single provider".into(),
+        ],
+    })
+}
+
+/// Solves a placement model.
+///
+/// Returns a feasible plan with its cost breakdown, a lower bound and the
+/// gap, or a typed error: [`PlacementError::Invalid`] for malformed input,
+/// [`PlacementError::Infeasible`] with the conflicting constraints when
+/// infeasibility is proven, [`PlacementError::NoFeasiblePlanFound`] when the
+/// search ran out of budget without a feasible plan.
+pub fn solve(model: &Model, opts: &SolveOptions) -> Result<Solution, PlacementError> {
+    let t = Instant::now();
+    let inst = compile(model)?;
+    if std::env::var_os("PLACEMENT_DEBUG").is_some() {
+        eprintln!("[dbg] compile {:.3}s", t.elapsed().as_secs_f64());
+    }
+    let warm = model.units.iter().any(|u| !u.current.is_empty());
+    solve_compiled(model, &inst, opts, warm, 0.0)
+}
+
+/// Re-plans after a change (capacity loss, provider or region down, units
+/// added or removed), starting from `previous` and moving as few replicas as
+/// needed, within an optional migration budget.
+///
+/// The returned cost includes the migration cost of the moves, computed
+/// against `previous` (the model used is `model.with_current_placement(previous)`).
+pub fn resolve(model: &Model, previous: &Plan, opts: &ResolveOptions) -> Result<Solution, PlacementError> {
+    let m = model.with_current_placement(previous);
+    let mut inst = compile(&m)?;
+    inst.budget = opts.migration_budget;
+    let mp = match opts.move_penalty {
+        Some(p) if p.is_finite() && p >= 0.0 => p,
+        Some(_) => {
+            return Err(crate::error::ModelError::NonFinite {
+                context: "move_penalty".into(),
+            }
+            .into());
+        }
+        None => {
+            let spread = inst
+                .blocks
+                .iter()
+                .map(|b| {
+                    let lo = b.cost.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = b.cost.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    if lo.is_finite() { hi - lo } else { 0.0 }
+                })
+                .fold(0.0, f64::max);
+            2.0 * spread + 1.0
+        }
+    };
+    if opts.migration_budget.is_some() || mp > 0.0 {
+        for b in &mut inst.blocks {
+            if b.members.iter().any(|&(u, _)| inst.units[u as usize].cur_total > 0) {
+                b.coupled = true;
+            }
+        }
+    }
+    solve_compiled(&m, &inst, &opts.solve, true, mp)
+}
+
+/// Plans the model, then re-plans it as if `failure` happened (the failed
+/// provider or region is marked down and the replicas there must move).
+pub fn what_if(model: &Model, failure: &Failure, opts: &SolveOptions) -> Result<WhatIf, PlacementError> {
+    let failed = match failure {
+        Failure::Provider(p) => {
+            if !model.providers.iter().any(|x| &x.id == p) {
+                return Err(PlacementError::UnknownTarget(p.clone()));
+            }
+            model.with_provider_down(p)
+        }
+        Failure::Region(r) => {
+            if !model.regions().any(|(_, x)| &x.id == r) {
+                return Err(PlacementError::UnknownTarget(r.clone()));
+            }
+            model.with_region_down(r)
+        }
+    };
+    let before = solve(model, opts)?;
+    let ro = ResolveOptions {
+        solve: opts.clone(),
+        ..ResolveOptions::default()
+    };
+    let after = resolve(&failed, &before.plan, &ro)?;
+    Ok(WhatIf {
+        failed_model: failed.with_current_placement(&before.plan),
+        before,
+        after,
+    })
+}
