@@ -18,6 +18,17 @@ mod local;
 #[cfg(feature = "local")]
 pub use local::LocalBlobStore;
 
+#[cfg(feature = "azure")]
+mod azure;
+#[cfg(any(feature = "s3", feature = "azure"))]
+mod object_store_adapter;
+#[cfg(feature = "s3")]
+mod s3;
+#[cfg(feature = "azure")]
+pub use azure::AzureBlobStore;
+#[cfg(feature = "s3")]
+pub use s3::S3BlobStore;
+
 /// Helpers shared by the embedded stores (ETags, metadata checks, listing pages).
 #[cfg(any(feature = "memory", feature = "local"))]
 mod embedded {

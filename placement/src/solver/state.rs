@@ -232,6 +232,44 @@ impl<'a> State<'a> {
         (b.spread_p as i64 - dp).max(0) + (b.spread_r as i64 - dr).max(0)
     }
 
+    /// Change of the spread shortfall of block `b` when item `i` moves r1 -> r2
+    /// (single pass over the other items of the block).
+    fn spread_delta(&self, b: &Block, i: usize, r1: u32, r2: u32) -> i64 {
+        let n = b.n_items as usize;
+        if n > 16 {
+            return self.spread_short(b, Some((i, r2))) - self.spread_short(b, None);
+        }
+        let p1 = self.inst.regions[r1 as usize].provider;
+        let p2 = self.inst.regions[r2 as usize].provider;
+        let mut regs = [u32::MAX; 16];
+        let mut provs = [u32::MAX; 16];
+        let (mut nr, mut np) = (0usize, 0usize);
+        let (mut in_r1, mut in_r2, mut in_p1, mut in_p2) = (false, false, false, false);
+        for it in self.items_of(b) {
+            if it == i {
+                continue;
+            }
+            let r = self.assign[it];
+            let p = self.inst.regions[r as usize].provider;
+            in_r1 |= r == r1;
+            in_r2 |= r == r2;
+            in_p1 |= p == p1;
+            in_p2 |= p == p2;
+            if !regs[..nr].contains(&r) {
+                regs[nr] = r;
+                nr += 1;
+            }
+            if !provs[..np].contains(&p) {
+                provs[np] = p;
+                np += 1;
+            }
+        }
+        let short = |have: usize, need: u32| (need as i64 - have as i64).max(0);
+        let (rb, ra) = (nr + usize::from(!in_r1), nr + usize::from(!in_r2));
+        let (pb, pa) = (np + usize::from(!in_p1), np + usize::from(!in_p2));
+        short(pa, b.spread_p) + short(ra, b.spread_r) - short(pb, b.spread_p) - short(rb, b.spread_r)
+    }
+
     /// Change of moved replicas of unit `u` (carrying `m` replicas per item)
     /// when item `i` of its block moves r1 -> r2.
     fn mig_delta(&self, b: &Block, u: u32, r1: u32, r2: u32) -> i64 {
@@ -317,7 +355,7 @@ impl<'a> State<'a> {
     ) {
         let inst = self.inst;
         if b.spread_p > 1 || b.spread_r > 1 {
-            dl.hard += self.spread_short(b, Some((i, r2))) - self.spread_short(b, None);
+            dl.hard += self.spread_delta(b, i, r1, r2);
         }
         for &o in &b.anti {
             let ob = &inst.blocks[o as usize];

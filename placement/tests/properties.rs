@@ -1,0 +1,221 @@
+//! Property tests: on random instances every plan returned is feasible for
+//! the independent checker, its cost matches the checker's, the bound is
+//! below the cost, and the same input gives the same plan.
+
+use std::collections::BTreeMap;
+
+use cloud_placement::checker::{CheckOptions, check, check_with};
+use cloud_placement::gap::GapInstance;
+use cloud_placement::model::*;
+use cloud_placement::{PlacementError, ResolveOptions, SolveOptions, resolve, solve};
+use proptest::prelude::*;
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn f(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next() as f64 / (1u64 << 31) as f64)
+    }
+}
+
+fn random_model(seed: u64, np: usize, rpp: usize, nu: usize) -> Model {
+    let mut g = Lcg(seed);
+    let jur = ["eu", "us"];
+    let providers = (0..np)
+        .map(|p| Provider {
+            id: format!("p{p}"),
+            egress_inter_region: (g.f(0.0, 0.05) * 100.0).round() / 100.0,
+            egress_internet: (g.f(0.05, 0.1) * 100.0).round() / 100.0,
+            regions: (0..rpp)
+                .map(|r| Region {
+                    id: format!("p{p}r{r}"),
+                    capacity: BTreeMap::from([
+                        ("cpu".to_string(), g.below(24) as f64 + 4.0),
+                        ("mem".to_string(), g.below(64) as f64 + 8.0),
+                    ]),
+                    price: BTreeMap::from([
+                        ("cpu".to_string(), g.f(0.5, 2.0)),
+                        ("mem".to_string(), g.f(0.05, 0.3)),
+                    ]),
+                    labels: BTreeMap::from([("jurisdiction".to_string(), jur[g.below(2) as usize].to_string())]),
+                    latency_ms: BTreeMap::from([("users".to_string(), g.below(100) as f64)]),
+                    ..Region::default()
+                })
+                .collect(),
+            ..Provider::default()
+        })
+        .collect::<Vec<_>>();
+    let all_regions: Vec<String> = providers.iter().flat_map(|p| p.regions.iter().map(|r| r.id.clone())).collect();
+    let mut units = Vec::new();
+    for i in 0..nu {
+        let replicas = 1 + g.below(3) as u32;
+        let mut u = Unit {
+            id: format!("u{i}"),
+            demand: BTreeMap::from([("cpu".to_string(), g.below(6) as f64 + 1.0), ("mem".to_string(), g.below(12) as f64)]),
+            replicas,
+            priority: g.below(3) as i32,
+            ..Unit::default()
+        };
+        match g.below(8) {
+            0 => u.require_labels = BTreeMap::from([("jurisdiction".into(), vec!["eu".into()])]),
+            1 => {
+                u.max_latency_ms = Some(60.0);
+                u.user_regions = vec!["users".into()];
+            }
+            2 => u.colocate = Some(format!("g{}", g.below(2))),
+            3 => {
+                u.spread = Some(Spread {
+                    min_providers: (replicas.min(np as u32)).min(2),
+                    min_regions: replicas.min(2),
+                })
+            }
+            4 => {
+                if i > 0 {
+                    u.anti_affinity = vec![format!("u{}", g.below(i as u64))];
+                }
+            }
+            5 => {
+                u.current = (0..replicas).map(|_| all_regions[g.below(all_regions.len() as u64) as usize].clone()).collect();
+                u.migration_cost = g.f(0.0, 5.0);
+            }
+            _ => {}
+        }
+        units.push(u);
+    }
+    // Anti-affinity inside a co-location group would be contradictory: drop it.
+    let groups: BTreeMap<String, Option<String>> = units.iter().map(|u| (u.id.clone(), u.colocate.clone())).collect();
+    for u in &mut units {
+        let me = u.colocate.clone();
+        u.anti_affinity.retain(|a| me.is_none() || groups[a] != me);
+    }
+    let mut traffic = Vec::new();
+    for _ in 0..nu / 2 {
+        let a = g.below(nu as u64);
+        let b = g.below(nu as u64);
+        if a != b {
+            traffic.push(Traffic {
+                from: format!("u{a}"),
+                to: format!("u{b}"),
+                gb: g.below(100) as f64,
+            });
+        }
+    }
+    let mut overrides = Vec::new();
+    if nu > 0 && !all_regions.is_empty() {
+        let u = format!("u{}", g.below(nu as u64));
+        let r = all_regions[g.below(all_regions.len() as u64) as usize].clone();
+        overrides.push(Override {
+            unit: u,
+            region: r,
+            cost: Some(g.f(0.0, 3.0)),
+            demand: Some(BTreeMap::from([("cpu".to_string(), 1.0)])),
+        });
+    }
+    Model {
+        dimensions: vec!["cpu".into(), "mem".into()],
+        providers,
+        units,
+        traffic,
+        overrides,
+        weights: Weights {
+            latency: 0.01,
+            ..Weights::default()
+        },
+        ..Model::default()
+    }
+}
+
+fn opts(seed: u64) -> SolveOptions {
+    SolveOptions {
+        max_scans: 3_000,
+        bound_iterations: 60,
+        seed,
+        ..SolveOptions::default()
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn solver_plans_are_feasible_and_costed_right(seed in any::<u64>(), np in 1usize..4, rpp in 1usize..4, nu in 1usize..9) {
+        let m = random_model(seed, np, rpp, nu);
+        match solve(&m, &opts(seed)) {
+            Ok(s) => {
+                let rep = check(&m, &s.plan);
+                prop_assert!(rep.is_feasible(), "{:?}", rep.violations);
+                prop_assert!(close(rep.cost.total, s.cost.total), "{:?} vs {:?}", rep.cost, s.cost);
+                prop_assert!(close(rep.cost.egress, s.cost.egress));
+                prop_assert!(close(rep.cost.migration, s.cost.migration));
+                prop_assert!(s.lower_bound <= s.cost.total + 1e-6 * s.cost.total.abs().max(1.0));
+                prop_assert!(s.gap >= 0.0);
+                let again = solve(&m, &opts(seed)).unwrap();
+                prop_assert_eq!(&again.plan, &s.plan);
+                prop_assert_eq!(again.cost, s.cost);
+                // Re-planning after a region loss keeps the plan checkable.
+                let lost = &m.providers[0].regions[0].id;
+                let down = m.with_region_down(lost);
+                let ro = ResolveOptions { solve: opts(seed), ..ResolveOptions::default() };
+                if let Ok(r) = resolve(&down, &s.plan, &ro) {
+                    let mm = down.with_current_placement(&s.plan);
+                    let rep = check_with(&mm, &r.plan, &CheckOptions::default());
+                    prop_assert!(rep.is_feasible(), "{:?}", rep.violations);
+                    prop_assert!(close(rep.cost.total, r.cost.total));
+                }
+            }
+            Err(PlacementError::Infeasible(c)) => prop_assert!(!c.is_empty()),
+            Err(PlacementError::NoFeasiblePlanFound { violations }) => prop_assert!(!violations.is_empty()),
+            Err(PlacementError::Invalid(_)) => {}
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn survivable_plans_pass_the_checker(seed in any::<u64>(), nu in 1usize..7) {
+        let m = random_model(seed, 3, 2, nu);
+        let o = SolveOptions { survivable: true, ..opts(seed) };
+        if let Ok(s) = solve(&m, &o) {
+            let rep = check_with(&m, &s.plan, &CheckOptions { survivable: true, migration_budget: None });
+            prop_assert!(rep.is_feasible(), "{:?}", rep.violations);
+        }
+    }
+
+    #[test]
+    fn small_gap_bound_and_cost_bracket_the_optimum(seed in any::<u64>(), m in 2usize..4, n in 2usize..7) {
+        let mut g = Lcg(seed);
+        let cost: Vec<Vec<i64>> = (0..m).map(|_| (0..n).map(|_| g.below(50) as i64).collect()).collect();
+        let demand: Vec<Vec<i64>> = (0..m).map(|_| (0..n).map(|_| 1 + g.below(10) as i64).collect()).collect();
+        let capacity: Vec<i64> = (0..m).map(|_| 5 + g.below(20) as i64).collect();
+        let gi = GapInstance { agents: m, jobs: n, cost, demand, capacity };
+        // Brute force.
+        let mut best: Option<i64> = None;
+        let total = (m as u64).pow(n as u32);
+        for code in 0..total {
+            let mut c = code;
+            let a: Vec<usize> = (0..n).map(|_| { let x = (c % m as u64) as usize; c /= m as u64; x }).collect();
+            if let Some(v) = gi.assignment_cost(&a) {
+                best = Some(best.map_or(v, |b: i64| b.min(v)));
+            }
+        }
+        let model = gi.to_model();
+        match (solve(&model, &opts(seed)), best) {
+            (Ok(s), Some(opt)) => {
+                prop_assert!(s.lower_bound <= opt as f64 + 1e-9, "bound {} > opt {opt}", s.lower_bound);
+                prop_assert!(s.cost.total >= opt as f64 - 1e-9);
+                prop_assert!(check(&model, &s.plan).is_feasible());
+            }
+            (Ok(s), None) => prop_assert!(false, "solver returned a plan for an infeasible instance: {:?}", s.plan),
+            (Err(_), _) => {}
+        }
+    }
+}
