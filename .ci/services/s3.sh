@@ -4,7 +4,8 @@
 # Idempotent: installs s3s-fs with cargo if the binary is missing (minutes, once; the binary is
 # cached in S3S_ROOT), starts it in the background if nothing listens on the port, waits until
 # it answers (at most ~60 s), creates the test bucket (a directory under the data dir), and
-# prints the `export` lines the suites and the bench read. Progress goes to stderr, so
+# prints the `export` lines the suites and the bench read (`conditional_put=disabled`: s3s-fs
+# checks If-None-Match / If-Match before writing, not atomically). Progress goes to stderr, so
 # `eval "$(.ci/services/s3.sh)"` works.
 #
 # Environment (all optional): S3S_ROOT (cargo install root, default /work/tools),
@@ -51,4 +52,4 @@ if ! listening; then
 fi
 log "bucket $BUCKET ready at http://127.0.0.1:$PORT"
 
-echo "export S3_TEST_URL='s3://$BUCKET?endpoint=http://127.0.0.1:$PORT&region=us-east-1&access_key_id=$ACCESS_KEY&secret_access_key=$SECRET_KEY'"
+echo "export S3_TEST_URL='s3://$BUCKET?endpoint=http://127.0.0.1:$PORT&region=us-east-1&access_key_id=$ACCESS_KEY&secret_access_key=$SECRET_KEY&conditional_put=disabled'"

@@ -16,13 +16,12 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
 
-fn stack() -> ServiceBuilder<
-    tower::layer::util::Stack<
-        TimeoutLayer,
-        tower::layer::util::Stack<RetryLayer, tower::layer::util::Stack<MetricsLayer, tower::layer::util::Identity>>,
-    >,
-> {
+/// Metrics outermost, then retry, then a per-attempt timeout.
+type Resilience = ServiceBuilder<Stack<TimeoutLayer, Stack<RetryLayer, Stack<MetricsLayer, Identity>>>>;
+
+fn stack() -> Resilience {
     ServiceBuilder::new()
         .layer(MetricsLayer::new())
         .layer(RetryLayer::new(2))

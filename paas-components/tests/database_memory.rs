@@ -48,3 +48,21 @@ async fn clones_share_data_and_location_is_reported() {
         "separate stores are separate"
     );
 }
+
+/// Debug output of the store never shows documents (user data).
+#[tokio::test]
+async fn debug_does_not_show_documents() {
+    let store = MemoryDocumentStore::new();
+    store
+        .put(
+            "cars",
+            "VIN1",
+            json!({"owner": "secret-owner"}),
+            PutDocumentOptions::create(),
+        )
+        .await
+        .unwrap();
+    let debug = format!("{store:?}");
+    assert!(debug.contains("MemoryDocumentStore"));
+    assert!(!debug.contains("secret-owner"), "{debug}");
+}

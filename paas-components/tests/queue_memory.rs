@@ -139,3 +139,32 @@ async fn clones_share_state() {
     a.publish("t", Message::new("x")).await.unwrap();
     assert_eq!(b.receive("t", "g", now(5)).await.unwrap().len(), 1);
 }
+
+/// Huge caller durations are an error or clamped, never a clock-overflow panic; Debug output
+/// never shows message bodies.
+#[tokio::test]
+async fn huge_durations_do_not_panic() {
+    let q = MemoryQueue::new().with_dedup_window(Duration::MAX);
+    q.create_topic("t").await.unwrap();
+    q.create_group("t", "g", GroupOptions::default())
+        .await
+        .unwrap();
+    q.publish("t", Message::new("body-xyz").with_id("m1"))
+        .await
+        .unwrap();
+    q.publish("t", Message::new("dup").with_id("m1"))
+        .await
+        .unwrap();
+    let forever = ReceiveOptions {
+        max_messages: 10,
+        wait: Duration::MAX,
+    };
+    assert_kind(
+        q.receive("t", "g", forever).await,
+        ErrorKind::InvalidArgument,
+        "receive with a wait of Duration::MAX",
+    );
+    assert!(!format!("{q:?}").contains("body-xyz"));
+    let got = q.receive("t", "g", now(10)).await.unwrap();
+    assert_eq!(got.len(), 1, "the duplicate is still suppressed");
+}

@@ -262,3 +262,22 @@ async fn acked_messages_are_deleted_from_the_file() {
         .unwrap();
     assert_eq!(messages, 0);
 }
+
+/// A receive wait too long for the clock is `InvalidArgument`, not an overflow panic.
+#[tokio::test]
+async fn huge_receive_wait_is_invalid_argument() {
+    let q = SqliteQueue::connect("sqlite::memory:").await.unwrap();
+    q.create_topic("t").await.unwrap();
+    q.create_group("t", "g", GroupOptions::default())
+        .await
+        .unwrap();
+    let forever = ReceiveOptions {
+        max_messages: 1,
+        wait: Duration::MAX,
+    };
+    assert_kind(
+        q.receive("t", "g", forever).await,
+        ErrorKind::InvalidArgument,
+        "receive with a wait of Duration::MAX",
+    );
+}

@@ -200,7 +200,7 @@ async fn outage_is_retryable_and_acknowledged_writes_survive() {
                 let started = std::time::Instant::now();
                 match store.put(&key, payload(i), PutOptions::default()).await {
                     Ok(_) => acked.push((key, payload(i))),
-                    Err(e) => failures.push((e.kind(), started.elapsed())),
+                    Err(e) => failures.push((e.kind(), started.elapsed(), e.to_string())),
                 }
             }
             (acked, failures)
@@ -231,8 +231,12 @@ async fn outage_is_retryable_and_acknowledged_writes_survive() {
         .await
         .expect("the writer hung")
         .unwrap();
-    for (kind, _) in &failures {
-        assert!(kind.is_retryable(), "a write failed with {kind}");
+    for (kind, took, error) in &failures {
+        assert!(kind.is_retryable(), "a write failed with {error}");
+        assert!(
+            *took < Duration::from_secs(60),
+            "a write took {took:?} to fail"
+        );
     }
     eprintln!(
         "during the cut: {} writes acknowledged, {} failed retryably",

@@ -105,6 +105,23 @@ async fn corrupt_object_file_is_an_internal_error() {
     );
 }
 
+/// A header with an out-of-range time (damaged or hand-edited file) must not panic.
+#[tokio::test]
+async fn out_of_range_time_in_header_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalBlobStore::open(dir.path()).unwrap();
+    let header = br#"{"size":1,"etag":"e","metadata":{},"modified_secs":18446744073709551615,"modified_nanos":999999999}"#;
+    let mut file = b"x".to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    file.extend_from_slice(b"CABLOB1\n");
+    std::fs::write(dir.path().join("t.blob"), file).unwrap();
+    let meta = store.head("t").await.unwrap();
+    assert_eq!(meta.size, 1);
+    assert_eq!(meta.last_modified, std::time::UNIX_EPOCH);
+    assert_eq!(store.get_bytes("t").await.unwrap(), "x");
+}
+
 #[tokio::test]
 async fn key_may_be_an_object_and_a_prefix_at_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,20 +22,33 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse::<f64>().ok())
         .unwrap_or(1.0);
+    let scans = args
+        .iter()
+        .position(|a| a == "--scans")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<u64>().ok());
+    let types: String = args
+        .iter()
+        .position(|a| a == "--types")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "abcd".into());
     if !synth_only {
-        gap_table(tl);
+        gap_table(tl, scans, &types);
     }
     if !gap_only {
         synthetic_table();
     }
 }
 
-fn gap_table(tl: f64) {
+fn gap_table(tl: f64, scans: Option<u64>, types: &str) {
     let Some(dir) = locate_gap_dir(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
         eprintln!("GAP data not found (set GAP_DATA_DIR)");
         return;
     };
-    println!("| instance | optimum | solver cost | gap to opt | bound | time (s) | greedy cost | greedy gap |");
+    println!(
+        "| instance | optimum | solver cost | gap to opt | bound | time (s) | greedy cost | greedy gap |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let mut sum = 0.0;
     let mut worst: f64 = 0.0;
@@ -43,15 +56,23 @@ fn gap_table(tl: f64) {
     let mut gsum = 0.0;
     let mut gcount = 0;
     let mut per_type: Vec<(char, f64, usize)> = Vec::new();
-    for t in ['a', 'b', 'c', 'd'] {
+    for t in types.chars() {
         let path = dir.join(format!("gap{t}.txt"));
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        let Ok(insts) = parse_gap(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(insts) = parse_gap(&text) else {
+            continue;
+        };
         let mut tsum = 0.0;
         for (i, gi) in insts.iter().enumerate() {
             let name = format!("gap{t}-{}", i + 1);
             let mut opts = SolveOptions::with_time_limit(Duration::from_secs_f64(tl));
             opts.seed = 1;
+            if let Some(n) = scans {
+                opts.time_limit = None;
+                opts.max_scans = n;
+            }
             let Ok(run) = solve_gap(&name, gi, &opts) else {
                 println!("| {name} | | failed | | | | | |");
                 continue;
@@ -92,7 +113,9 @@ fn gap_table(tl: f64) {
 
 fn synthetic_table() {
     println!();
-    println!("| units x regions | time limit (s) | solver cost | lower bound | solver gap | time (s) | greedy gap to bound | greedy time (s) |");
+    println!(
+        "| units x regions | time limit (s) | solver cost | lower bound | solver gap | time (s) | greedy gap to bound | greedy time (s) |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for (n, r, tl) in [
         (1_000, 10, 1.0),
@@ -114,7 +137,10 @@ fn synthetic_table() {
         match sol {
             Ok(s) => {
                 let gg = match &greedy {
-                    Ok(b) => format!("{:.2}%", 100.0 * (b.cost.total - s.lower_bound) / b.cost.total),
+                    Ok(b) => format!(
+                        "{:.2}%",
+                        100.0 * (b.cost.total - s.lower_bound) / b.cost.total
+                    ),
                     Err(_) => "no feasible plan".into(),
                 };
                 println!(

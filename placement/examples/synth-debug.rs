@@ -7,8 +7,15 @@ use cloud_placement::synthetic::{SyntheticSpec, generate};
 use cloud_placement::{SolveOptions, solve};
 
 fn main() {
-    let a: Vec<f64> = std::env::args().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let (n, r, tl) = (a.first().copied().unwrap_or(1000.0), a.get(1).copied().unwrap_or(10.0), a.get(2).copied().unwrap_or(1.0));
+    let a: Vec<f64> = std::env::args()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let (n, r, tl) = (
+        a.first().copied().unwrap_or(1000.0),
+        a.get(1).copied().unwrap_or(10.0),
+        a.get(2).copied().unwrap_or(1.0),
+    );
     let t = Instant::now();
     let model = generate(&SyntheticSpec::new(n as usize, r as usize, 7));
     eprintln!("generated in {:.3}s", t.elapsed().as_secs_f64());
@@ -19,7 +26,13 @@ fn main() {
     }
     let t = Instant::now();
     match solve(&model, &opts) {
-        Ok(s) => println!("cost {} bound {} gap {:.3}% time {:.2}s", s.cost.total, s.lower_bound, 100.0 * s.gap, t.elapsed().as_secs_f64()),
+        Ok(s) => println!(
+            "cost {} bound {} gap {:.3}% time {:.2}s",
+            s.cost.total,
+            s.lower_bound,
+            100.0 * s.gap,
+            t.elapsed().as_secs_f64()
+        ),
         Err(e) => println!("error {e}"),
     }
 }

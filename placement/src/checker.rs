@@ -114,10 +114,10 @@ fn filter(u: &Unit, p: &Provider, r: &Region) -> Vec<String> {
     if p.down || r.down {
         v.push("down".to_string());
     }
-    if !u.allowed_regions.is_empty() && !u.allowed_regions.iter().any(|x| *x == r.id) {
+    if !u.allowed_regions.is_empty() && !u.allowed_regions.contains(&r.id) {
         v.push("not allowed".to_string());
     }
-    if u.forbidden_regions.iter().any(|x| *x == r.id) {
+    if u.forbidden_regions.contains(&r.id) {
         v.push("forbidden".to_string());
     }
     for (k, vals) in &u.require_labels {
@@ -153,14 +153,16 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
     let units: BTreeMap<&str, &Unit> = model.units.iter().map(|u| (u.id.as_str(), u)).collect();
     for id in plan.placements.keys() {
         if !units.contains_key(id.as_str()) {
-            rep.violations.push(format!("plan places unknown unit `{id}`"));
+            rep.violations
+                .push(format!("plan places unknown unit `{id}`"));
         }
     }
     let mut load: BTreeMap<(&str, &str), f64> = BTreeMap::new();
     let mut ok_units = BTreeMap::new();
     for u in &model.units {
         let Some(regs) = plan.placements.get(&u.id) else {
-            rep.violations.push(format!("unit `{}` is not placed", u.id));
+            rep.violations
+                .push(format!("unit `{}` is not placed", u.id));
             continue;
         };
         if regs.len() != u.replicas as usize {
@@ -174,7 +176,8 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
         let mut all_known = true;
         for r in regs {
             let Some((p, reg)) = ctx.regions.get(r.as_str()) else {
-                rep.violations.push(format!("unit `{}` placed in unknown region `{r}`", u.id));
+                rep.violations
+                    .push(format!("unit `{}` placed in unknown region `{r}`", u.id));
                 all_known = false;
                 continue;
             };
@@ -202,7 +205,10 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
         }
         ok_units.insert(u.id.as_str(), regs);
         if let Some(s) = u.spread {
-            let provs: BTreeSet<&str> = regs.iter().map(|r| ctx.regions[r.as_str()].0.id.as_str()).collect();
+            let provs: BTreeSet<&str> = regs
+                .iter()
+                .map(|r| ctx.regions[r.as_str()].0.id.as_str())
+                .collect();
             let rs: BTreeSet<&str> = regs.iter().map(|r| r.as_str()).collect();
             if (provs.len() as u32) < s.min_providers {
                 rep.violations.push(format!(
@@ -251,7 +257,8 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
         let (_, reg) = ctx.regions[r];
         let c = reg.capacity.get(*k).copied().unwrap_or(0.0);
         if *l > c + 1e-9 * c.abs().max(1.0) {
-            rep.violations.push(format!("region `{r}` {k} load {l} exceeds capacity {c}"));
+            rep.violations
+                .push(format!("region `{r}` {k} load {l} exceeds capacity {c}"));
         }
     }
     // Co-location.
@@ -266,7 +273,8 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
     }
     for (g, rs) in &groups {
         if rs.len() > 1 {
-            rep.violations.push(format!("co-location group `{g}` spans regions {rs:?}"));
+            rep.violations
+                .push(format!("co-location group `{g}` spans regions {rs:?}"));
         }
     }
     // Anti-affinity.
@@ -284,7 +292,8 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
     }
     // Egress.
     for t in &model.traffic {
-        let (Some(a), Some(b)) = (ok_units.get(t.from.as_str()), ok_units.get(t.to.as_str())) else {
+        let (Some(a), Some(b)) = (ok_units.get(t.from.as_str()), ok_units.get(t.to.as_str()))
+        else {
             continue;
         };
         if a.is_empty() || b.is_empty() {
@@ -322,7 +331,9 @@ pub fn check_survivable(model: &Model, plan: &Plan) -> Vec<String> {
     let units: BTreeMap<&str, &Unit> = model.units.iter().map(|u| (u.id.as_str(), u)).collect();
     let mut load: BTreeMap<(&str, &str), f64> = BTreeMap::new();
     for (uid, regs) in &plan.placements {
-        let Some(u) = units.get(uid.as_str()) else { continue };
+        let Some(u) = units.get(uid.as_str()) else {
+            continue;
+        };
         for r in regs {
             if !ctx.regions.contains_key(r.as_str()) {
                 continue;
@@ -353,9 +364,15 @@ pub fn check_survivable(model: &Model, plan: &Plan) -> Vec<String> {
         }
         let mut displaced: Vec<(&Unit, &str)> = Vec::new();
         for (uid, regs) in &plan.placements {
-            let Some(u) = units.get(uid.as_str()) else { continue };
+            let Some(u) = units.get(uid.as_str()) else {
+                continue;
+            };
             for r in regs {
-                if ctx.regions.get(r.as_str()).is_some_and(|(pp, _)| pp.id == p.id) {
+                if ctx
+                    .regions
+                    .get(r.as_str())
+                    .is_some_and(|(pp, _)| pp.id == p.id)
+                {
                     displaced.push((u, r.as_str()));
                 }
             }
@@ -366,7 +383,11 @@ pub fn check_survivable(model: &Model, plan: &Plan) -> Vec<String> {
                 .map(|(k, v)| v / total_cap.get(k.as_str()).copied().unwrap_or(1.0))
                 .fold(0.0, f64::max)
         };
-        displaced.sort_by(|a, b| size(b.0, b.1).total_cmp(&size(a.0, a.1)).then(a.0.id.cmp(&b.0.id)));
+        displaced.sort_by(|a, b| {
+            size(b.0, b.1)
+                .total_cmp(&size(a.0, a.1))
+                .then(a.0.id.cmp(&b.0.id))
+        });
         let mut l = load.clone();
         let mut failed = None;
         for (u, _) in &displaced {

@@ -34,7 +34,10 @@ pub enum PlacementError {
 }
 
 fn join(c: &[Conflict]) -> String {
-    c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; ")
+    c.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A malformed model.

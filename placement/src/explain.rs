@@ -34,7 +34,12 @@ pub struct Explanation {
     pub rejected: Vec<Rejected>,
 }
 
-fn replica_cost(model: &Model, ov: &BTreeMap<(&str, &str), &crate::model::Override>, u: &Unit, r: &Region) -> (f64, BTreeMap<String, f64>) {
+fn replica_cost(
+    model: &Model,
+    ov: &BTreeMap<(&str, &str), &crate::model::Override>,
+    u: &Unit,
+    r: &Region,
+) -> (f64, BTreeMap<String, f64>) {
     let o = ov.get(&(u.id.as_str(), r.id.as_str()));
     let demand = o
         .and_then(|o| o.demand.clone())
@@ -51,7 +56,10 @@ fn replica_cost(model: &Model, ov: &BTreeMap<(&str, &str), &crate::model::Overri
         .iter()
         .filter_map(|x| r.latency_ms.get(x).copied())
         .fold(0.0, f64::max);
-    (model.weights.compute * compute + model.weights.latency * lat, demand)
+    (
+        model.weights.compute * compute + model.weights.latency * lat,
+        demand,
+    )
 }
 
 /// Explains every unit of `plan` (which should be a feasible plan of `model`).
@@ -62,26 +70,47 @@ pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
         .map(|o| ((o.unit.as_str(), o.region.as_str()), o))
         .collect();
     let regions: Vec<(&Provider, &Region)> = model.regions().collect();
-    let by_id: BTreeMap<&str, (&Provider, &Region)> = regions.iter().map(|(p, r)| (r.id.as_str(), (*p, *r))).collect();
+    let by_id: BTreeMap<&str, (&Provider, &Region)> = regions
+        .iter()
+        .map(|(p, r)| (r.id.as_str(), (*p, *r)))
+        .collect();
     let units: BTreeMap<&str, &Unit> = model.units.iter().map(|u| (u.id.as_str(), u)).collect();
     // Loads and occupants.
     let mut load: BTreeMap<(&str, &str), f64> = BTreeMap::new();
     let mut occupants: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (uid, regs) in &plan.placements {
-        let Some(u) = units.get(uid.as_str()) else { continue };
+        let Some(u) = units.get(uid.as_str()) else {
+            continue;
+        };
         for r in regs {
-            let Some((_, reg)) = by_id.get(r.as_str()) else { continue };
+            let Some((_, reg)) = by_id.get(r.as_str()) else {
+                continue;
+            };
             let (_, d) = replica_cost(model, &ov, u, reg);
             for (k, v) in d {
-                *load.entry((reg.id.as_str(), model.dimensions.iter().find(|x| **x == k).map_or("", |x| x.as_str()))).or_default() += v;
+                *load
+                    .entry((
+                        reg.id.as_str(),
+                        model
+                            .dimensions
+                            .iter()
+                            .find(|x| **x == k)
+                            .map_or("", |x| x.as_str()),
+                    ))
+                    .or_default() += v;
             }
-            occupants.entry(reg.id.as_str()).or_default().insert(u.id.as_str());
+            occupants
+                .entry(reg.id.as_str())
+                .or_default()
+                .insert(u.id.as_str());
         }
     }
     let used = |r: &Region, k: &str| load.get(&(r.id.as_str(), k)).copied().unwrap_or(0.0);
     let mut out = Vec::new();
     for u in &model.units {
-        let Some(regs) = plan.placements.get(&u.id) else { continue };
+        let Some(regs) = plan.placements.get(&u.id) else {
+            continue;
+        };
         let mut placement: BTreeMap<String, u32> = BTreeMap::new();
         for r in regs {
             *placement.entry(r.clone()).or_default() += 1;
@@ -90,14 +119,19 @@ pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
         let mut chosen_cost: f64 = 0.0;
         let mut chosen_providers = BTreeSet::new();
         for r in placement.keys() {
-            let Some((p, reg)) = by_id.get(r.as_str()) else { continue };
+            let Some((p, reg)) = by_id.get(r.as_str()) else {
+                continue;
+            };
             chosen_providers.insert(p.id.as_str());
             let (c, _) = replica_cost(model, &ov, u, reg);
             chosen_cost = chosen_cost.max(c);
             for k in &model.dimensions {
                 let cap = reg.capacity.get(k).copied().unwrap_or(0.0);
                 if cap > 0.0 && used(reg, k) >= 0.99 * cap {
-                    binding.push(format!("capacity: {k} in {r} is {:.0}% used", 100.0 * used(reg, k) / cap));
+                    binding.push(format!(
+                        "capacity: {k} in {r} is {:.0}% used",
+                        100.0 * used(reg, k) / cap
+                    ));
                 }
             }
         }
@@ -110,7 +144,11 @@ pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
                 ));
             }
             if s.min_regions > 1 {
-                binding.push(format!("spread: at least {} regions (uses {})", s.min_regions, placement.len()));
+                binding.push(format!(
+                    "spread: at least {} regions (uses {})",
+                    s.min_regions,
+                    placement.len()
+                ));
             }
         }
         if let Some(g) = &u.colocate {
@@ -123,10 +161,16 @@ pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
             binding.push(format!("requires labels {:?}", u.require_labels));
         }
         if let Some(l) = u.max_latency_ms {
-            binding.push(format!("latency <= {l} ms to {}", u.user_regions.join(", ")));
+            binding.push(format!(
+                "latency <= {l} ms to {}",
+                u.user_regions.join(", ")
+            ));
         }
         if !u.current.is_empty() && u.migration_cost > 0.0 {
-            binding.push(format!("migration cost {} per moved replica", u.migration_cost));
+            binding.push(format!(
+                "migration cost {} per moved replica",
+                u.migration_cost
+            ));
         }
         let has_traffic = model.traffic.iter().any(|t| t.from == u.id || t.to == u.id);
         let mut rejected = Vec::new();
@@ -164,8 +208,14 @@ pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
                     reasons.push("co-location: the group as a whole is cheaper where it is".into());
                 }
                 if let Some(s) = u.spread {
-                    if s.min_providers > 1 && chosen_providers.len() as u32 <= s.min_providers && !chosen_providers.contains(p.id.as_str()) {
-                        reasons.push(format!("spread: moving a replica to {} would drop below {} providers", p.id, s.min_providers));
+                    if s.min_providers > 1
+                        && chosen_providers.len() as u32 <= s.min_providers
+                        && !chosen_providers.contains(p.id.as_str())
+                    {
+                        reasons.push(format!(
+                            "spread: moving a replica to {} would drop below {} providers",
+                            p.id, s.min_providers
+                        ));
                     }
                 }
                 if has_traffic {
@@ -175,7 +225,10 @@ pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
                     reasons.push("migration: moving costs more than it saves".into());
                 }
                 if reasons.is_empty() {
-                    reasons.push("other units use that capacity more profitably (global optimum trade-off)".into());
+                    reasons.push(
+                        "other units use that capacity more profitably (global optimum trade-off)"
+                            .into(),
+                    );
                 }
             }
             rejected.push(Rejected {

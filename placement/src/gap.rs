@@ -151,7 +151,10 @@ impl GapInstance {
                     unit: format!("j{}", j + 1),
                     region: format!("a{}", i + 1),
                     cost: Some(self.cost[i][j] as f64),
-                    demand: Some(BTreeMap::from([("r".to_string(), self.demand[i][j] as f64)])),
+                    demand: Some(BTreeMap::from([(
+                        "r".to_string(),
+                        self.demand[i][j] as f64,
+                    )])),
                 });
             }
         }

@@ -33,7 +33,13 @@ pub fn greedy_baseline(model: &Model) -> Result<BaselinePlan, PlacementError> {
         .flat_map(|r| r.cap.iter().map(move |&c| if r.down { 0.0 } else { c }))
         .collect();
     let total: Vec<f64> = (0..d)
-        .map(|k| inst.regions.iter().map(|r| r.cap[k]).sum::<f64>().max(1e-12))
+        .map(|k| {
+            inst.regions
+                .iter()
+                .map(|r| r.cap[k])
+                .sum::<f64>()
+                .max(1e-12)
+        })
         .collect();
     let size = |bi: usize| {
         let b = &inst.blocks[bi];
@@ -59,7 +65,10 @@ pub fn greedy_baseline(model: &Model) -> Result<BaselinePlan, PlacementError> {
             let it = it as usize;
             let placed = &assign[b.first_item as usize..it];
             let remaining = (b.n_items as usize - placed.len() - 1) as i64;
-            let mut provs: Vec<u32> = placed.iter().map(|&r| inst.regions[r as usize].provider).collect();
+            let mut provs: Vec<u32> = placed
+                .iter()
+                .map(|&r| inst.regions[r as usize].provider)
+                .collect();
             provs.sort_unstable();
             provs.dedup();
             let mut regs: Vec<u32> = placed.to_vec();
@@ -86,7 +95,10 @@ pub fn greedy_baseline(model: &Model) -> Result<BaselinePlan, PlacementError> {
             });
             let Some(p) = pick else {
                 return Err(PlacementError::NoFeasiblePlanFound {
-                    violations: vec![format!("greedy baseline: no region fits a replica of `{}`", b.name)],
+                    violations: vec![format!(
+                        "greedy baseline: no region fits a replica of `{}`",
+                        b.name
+                    )],
                 });
             };
             let r = b.allowed[p];

@@ -52,6 +52,8 @@
 //! A Karmada-like [`greedy::greedy_baseline`] is provided for comparison.
 
 #![deny(missing_docs)]
+// Dense numeric code indexes several parallel arrays with one index.
+#![allow(clippy::needless_range_loop)]
 
 pub mod checker;
 pub mod error;
@@ -66,4 +68,6 @@ pub mod validate;
 
 pub use error::{Conflict, ModelError, PlacementError};
 pub use model::{CostBreakdown, Model, Plan};
-pub use solver::{Failure, ResolveOptions, Solution, SolveOptions, WhatIf, resolve, solve, what_if};
+pub use solver::{
+    Failure, ResolveOptions, Solution, SolveOptions, WhatIf, resolve, solve, what_if,
+};

@@ -24,7 +24,9 @@ fn unit_costs(model: &Model, plan: &Plan) -> BTreeMap<String, f64> {
     for u in &model.units {
         let mut c = 0.0;
         for r in plan.placements.get(&u.id).into_iter().flatten() {
-            let Some(reg) = regions.get(r.as_str()) else { continue };
+            let Some(reg) = regions.get(r.as_str()) else {
+                continue;
+            };
             let o = ov.get(&(u.id.as_str(), r.as_str()));
             let d = o.and_then(|o| o.demand.as_ref()).unwrap_or(&u.demand);
             let compute = o.and_then(|o| o.cost).unwrap_or_else(|| {
@@ -75,7 +77,13 @@ pub fn plan_table(model: &Model, plan: &Plan) -> String {
     let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(4);
     let mut s = String::new();
     let _ = writeln!(s, "{:<w0$}  {:<w1$}  {:>w2$}", "unit", "placement", "cost");
-    let _ = writeln!(s, "{}  {}  {}", "-".repeat(w0), "-".repeat(w1), "-".repeat(w2));
+    let _ = writeln!(
+        s,
+        "{}  {}  {}",
+        "-".repeat(w0),
+        "-".repeat(w1),
+        "-".repeat(w2)
+    );
     for (a, b, c) in rows {
         let _ = writeln!(s, "{a:<w0$}  {b:<w1$}  {c:>w2$}");
     }
@@ -117,7 +125,11 @@ pub fn render_solution(model: &Model, sol: &Solution) -> String {
             .map(|(r, n)| format!("{r} x{n}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let _ = writeln!(s, "- {}: {place} ({:.2} per replica)", e.unit, e.cost_per_replica);
+        let _ = writeln!(
+            s,
+            "- {}: {place} ({:.2} per replica)",
+            e.unit, e.cost_per_replica
+        );
         for b in &e.binding {
             let _ = writeln!(s, "    binding: {b}");
         }
@@ -156,7 +168,9 @@ pub fn render_svg(model: &Model, plan: &Plan) -> String {
     }
     let colw = 190.0;
     let line = 16.0;
-    let palette = ["#fde2c8", "#d4e6f9", "#d9f2d0", "#f3d6f3", "#fff4b8", "#dddddd"];
+    let palette = [
+        "#fde2c8", "#d4e6f9", "#d9f2d0", "#f3d6f3", "#fff4b8", "#dddddd",
+    ];
     let max_units = per_region.values().map(|m| m.len()).max().unwrap_or(0) as f64;
     let ncols = model.regions().count().max(1) as f64;
     let width = 20.0 + ncols * (colw + 10.0) + 10.0 * model.providers.len() as f64;
@@ -241,7 +255,11 @@ impl GapRun {
 }
 
 /// Solves one GAP instance (minimisation) with the given options.
-pub fn solve_gap(name: &str, gi: &GapInstance, opts: &SolveOptions) -> Result<GapRun, PlacementError> {
+pub fn solve_gap(
+    name: &str,
+    gi: &GapInstance,
+    opts: &SolveOptions,
+) -> Result<GapRun, PlacementError> {
     let t = Instant::now();
     let model = gi.to_model();
     let mut o = opts.clone();
@@ -257,7 +275,11 @@ pub fn solve_gap(name: &str, gi: &GapInstance, opts: &SolveOptions) -> Result<Ga
 
 /// Reads an OR-Library GAP file and solves every instance with a wall-clock
 /// budget per instance.
-pub fn solve_gap_file(path: &Path, time_limit: Duration, seed: u64) -> Result<Vec<GapRun>, PlacementError> {
+pub fn solve_gap_file(
+    path: &Path,
+    time_limit: Duration,
+    seed: u64,
+) -> Result<Vec<GapRun>, PlacementError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| PlacementError::Io(format!("{}: {e}", path.display())))?;
     let instances = parse_gap(&text).map_err(|e| PlacementError::Parse(e.to_string()))?;

@@ -102,12 +102,21 @@ pub fn generate(spec: &SyntheticSpec) -> Model {
         providers[p].regions.push(Region {
             id: format!("p{p}-r{i}"),
             capacity: BTreeMap::from([
-                ("cpu".to_string(), (dem[j][0] * share / util * 100.0).ceil() / 100.0),
-                ("memory".to_string(), (dem[j][1] * share / util * 100.0).ceil() / 100.0),
+                (
+                    "cpu".to_string(),
+                    (dem[j][0] * share / util * 100.0).ceil() / 100.0,
+                ),
+                (
+                    "memory".to_string(),
+                    (dem[j][1] * share / util * 100.0).ceil() / 100.0,
+                ),
             ]),
             price: BTreeMap::from([
                 ("cpu".to_string(), base_cpu[p % base_cpu.len()] * f),
-                ("memory".to_string(), base_mem[p % base_mem.len()] * (0.9 + 0.2 * rng.unit())),
+                (
+                    "memory".to_string(),
+                    base_mem[p % base_mem.len()] * (0.9 + 0.2 * rng.unit()),
+                ),
             ]),
             labels: BTreeMap::from([(
                 "jurisdiction".to_string(),

@@ -134,7 +134,9 @@ fn check_model(model: &Model) -> Result<(), ModelError> {
         if let Some(l) = u.max_latency_ms {
             finite_nonneg(l, || format!("unit `{}` max_latency_ms", u.id))?;
         }
-        finite_nonneg(u.migration_cost, || format!("unit `{}` migration_cost", u.id))?;
+        finite_nonneg(u.migration_cost, || {
+            format!("unit `{}` migration_cost", u.id)
+        })?;
         for a in &u.anti_affinity {
             let Some(other) = units.get(a.as_str()) else {
                 return Err(ModelError::UnknownUnit {
@@ -171,8 +173,9 @@ fn check_model(model: &Model) -> Result<(), ModelError> {
             if u.colocate.is_some() && (s.min_providers > 1 || s.min_regions > 1) {
                 return Err(ModelError::Contradictory {
                     unit: u.id.clone(),
-                    reason: "a co-located unit keeps all replicas in one region, so it cannot spread"
-                        .into(),
+                    reason:
+                        "a co-located unit keeps all replicas in one region, so it cannot spread"
+                            .into(),
                 });
             }
         }
@@ -181,13 +184,17 @@ fn check_model(model: &Model) -> Result<(), ModelError> {
                 if vals.iter().all(|v| f.contains(v)) {
                     return Err(ModelError::Contradictory {
                         unit: u.id.clone(),
-                        reason: format!("label `{k}` is both required in {vals:?} and forbidden in {f:?}"),
+                        reason: format!(
+                            "label `{k}` is both required in {vals:?} and forbidden in {f:?}"
+                        ),
                     });
                 }
             }
         }
         if !u.allowed_regions.is_empty()
-            && u.allowed_regions.iter().all(|r| u.forbidden_regions.contains(r))
+            && u.allowed_regions
+                .iter()
+                .all(|r| u.forbidden_regions.contains(r))
         {
             return Err(ModelError::Contradictory {
                 unit: u.id.clone(),
@@ -238,7 +245,11 @@ fn check_model(model: &Model) -> Result<(), ModelError> {
             finite_nonneg(c, || format!("override `{}`@`{}` cost", o.unit, o.region))?;
         }
         if let Some(d) = &o.demand {
-            check_resources(d, &dims, &format!("override `{}`@`{}` demand", o.unit, o.region))?;
+            check_resources(
+                d,
+                &dims,
+                &format!("override `{}`@`{}` demand", o.unit, o.region),
+            )?;
         }
     }
     Ok(())
@@ -377,12 +388,17 @@ pub(crate) struct Block {
     pub(crate) anti: Vec<u32>,
     pub(crate) coupled: bool,
     pub(crate) priority: i32,
+    /// Dense region -> position map (empty on very large instances).
+    pub(crate) posmap: Vec<u32>,
 }
 
 impl Block {
     /// Index of `region` in `allowed`.
     #[inline]
     pub(crate) fn pos(&self, region: u32) -> Option<usize> {
+        if let Some(&p) = self.posmap.get(region as usize) {
+            return (p != u32::MAX).then_some(p as usize);
+        }
         self.allowed.binary_search(&region).ok()
     }
 }
@@ -424,7 +440,9 @@ impl Instance {
 }
 
 fn res_vec(map: &BTreeMap<String, f64>, dims: &[String]) -> Vec<f64> {
-    dims.iter().map(|d| map.get(d).copied().unwrap_or(0.0)).collect()
+    dims.iter()
+        .map(|d| map.get(d).copied().unwrap_or(0.0))
+        .collect()
 }
 
 /// Validates `model`, diagnoses static infeasibility and compiles it.
@@ -479,13 +497,15 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
         .map(|(i, u)| (u.id.as_str(), i as u32))
         .collect();
     // Overrides by unit.
-    let mut ov: BTreeMap<u32, BTreeMap<u32, (Option<f64>, Option<Vec<f64>>)>> = BTreeMap::new();
+    type RegionOverrides = BTreeMap<u32, (Option<f64>, Option<Vec<f64>>)>;
+    let mut ov: BTreeMap<u32, RegionOverrides> = BTreeMap::new();
     for o in &model.overrides {
         let u = unit_idx[o.unit.as_str()];
         let r = region_idx[o.region.as_str()];
-        ov.entry(u)
-            .or_default()
-            .insert(r, (o.cost, o.demand.as_ref().map(|d| res_vec(d, &dim_names))));
+        ov.entry(u).or_default().insert(
+            r,
+            (o.cost, o.demand.as_ref().map(|d| res_vec(d, &dim_names))),
+        );
     }
     let w = model.weights;
     // Per-unit allowed regions, per-replica cost and demand.
@@ -537,8 +557,7 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
             let o = uov.and_then(|m| m.get(&(ri as u32)));
             let d = demand_at(ri);
             if !statically_allowed(u, r, *pdown)
-                || d
-                    .iter()
+                || d.iter()
                     .enumerate()
                     .any(|(k, dv)| dv * single > regions[ri].cap[k] * (1.0 + 1e-9) + 1e-9)
             {
@@ -602,7 +621,11 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
             });
         }
         let s = u.spread.unwrap_or_default();
-        let provs: BTreeSet<u32> = t.allowed.iter().map(|&r| regions[r as usize].provider).collect();
+        let provs: BTreeSet<u32> = t
+            .allowed
+            .iter()
+            .map(|&r| regions[r as usize].provider)
+            .collect();
         if !t.allowed.is_empty() && s.min_providers as usize > provs.len() {
             conflicts.push(Conflict::SpreadUnsatisfiable {
                 unit: u.id.clone(),
@@ -637,6 +660,7 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
             anti: Vec::new(),
             coupled: s.min_providers > 1 || s.min_regions > 1,
             priority: u.priority,
+            posmap: Vec::new(),
         });
     }
     for (g, members) in &groups {
@@ -735,6 +759,7 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
             anti: Vec::new(),
             coupled: false,
             priority,
+            posmap: Vec::new(),
         });
     }
     // Units.
@@ -817,6 +842,14 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
             blocks[unit_block[to as usize] as usize].coupled = true;
         }
     }
+    if blocks.len().saturating_mul(nr) <= 1 << 22 {
+        for b in &mut blocks {
+            b.posmap = vec![u32::MAX; nr];
+            for (p, &r) in b.allowed.iter().enumerate() {
+                b.posmap[r as usize] = p as u32;
+            }
+        }
+    }
     if integral {
         integral = blocks
             .iter()
@@ -891,7 +924,10 @@ fn capacity_conflicts(inst: &Instance, out: &mut Vec<Conflict>) {
                 found.push((k, s.clone()));
                 out.push(Conflict::DemandExceedsCapacity {
                     dimension: inst.dim_names[k].clone(),
-                    regions: s.iter().map(|&r| inst.regions[r as usize].id.clone()).collect(),
+                    regions: s
+                        .iter()
+                        .map(|&r| inst.regions[r as usize].id.clone())
+                        .collect(),
                     units: inside.iter().map(|b| b.name.clone()).collect(),
                     demand,
                     capacity: cap,

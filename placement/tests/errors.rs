@@ -29,16 +29,23 @@ fn with_unit(u: Unit) -> Model {
 fn negative_demand() {
     let mut u = unit("a", 1.0, 1);
     u.demand.insert("cpu".into(), -1.0);
-    assert!(matches!(invalid(&with_unit(u)), ModelError::Negative { .. }));
+    assert!(matches!(
+        invalid(&with_unit(u)),
+        ModelError::Negative { .. }
+    ));
 }
 
 #[test]
 fn nan_and_infinite_prices() {
     let mut m = with_unit(unit("a", 1.0, 1));
-    m.providers[0].regions[0].price.insert("cpu".into(), f64::NAN);
+    m.providers[0].regions[0]
+        .price
+        .insert("cpu".into(), f64::NAN);
     assert!(matches!(invalid(&m), ModelError::NonFinite { .. }));
     let mut m = with_unit(unit("a", 1.0, 1));
-    m.providers[0].regions[0].price.insert("cpu".into(), f64::INFINITY);
+    m.providers[0].regions[0]
+        .price
+        .insert("cpu".into(), f64::INFINITY);
     assert!(matches!(invalid(&m), ModelError::NonFinite { .. }));
     let mut m = with_unit(unit("a", 1.0, 1));
     m.providers[1].egress_internet = f64::NAN;
@@ -47,32 +54,53 @@ fn nan_and_infinite_prices() {
 
 #[test]
 fn zero_replicas() {
-    assert!(matches!(invalid(&with_unit(unit("a", 1.0, 0))), ModelError::ZeroReplicas { .. }));
+    assert!(matches!(
+        invalid(&with_unit(unit("a", 1.0, 0))),
+        ModelError::ZeroReplicas { .. }
+    ));
 }
 
 #[test]
 fn duplicate_ids() {
     let mut m = with_unit(unit("a", 1.0, 1));
     m.units.push(unit("a", 2.0, 1));
-    assert!(matches!(invalid(&m), ModelError::DuplicateId { kind: "unit", .. }));
+    assert!(matches!(
+        invalid(&m),
+        ModelError::DuplicateId { kind: "unit", .. }
+    ));
     let mut m = with_unit(unit("a", 1.0, 1));
     let r = m.providers[0].regions[0].clone();
     m.providers[1].regions.push(r);
-    assert!(matches!(invalid(&m), ModelError::DuplicateId { kind: "region", .. }));
+    assert!(matches!(
+        invalid(&m),
+        ModelError::DuplicateId { kind: "region", .. }
+    ));
     let mut m = with_unit(unit("a", 1.0, 1));
     let p = m.providers[0].clone();
     m.providers.push(p);
-    assert!(matches!(invalid(&m), ModelError::DuplicateId { kind: "provider", .. }));
+    assert!(matches!(
+        invalid(&m),
+        ModelError::DuplicateId {
+            kind: "provider",
+            ..
+        }
+    ));
 }
 
 #[test]
 fn unknown_references() {
     let mut u = unit("a", 1.0, 1);
     u.allowed_regions = vec!["mars-1".into()];
-    assert!(matches!(invalid(&with_unit(u)), ModelError::UnknownRegion { .. }));
+    assert!(matches!(
+        invalid(&with_unit(u)),
+        ModelError::UnknownRegion { .. }
+    ));
     let mut u = unit("a", 1.0, 1);
     u.current = vec!["mars-1".into()];
-    assert!(matches!(invalid(&with_unit(u)), ModelError::UnknownRegion { .. }));
+    assert!(matches!(
+        invalid(&with_unit(u)),
+        ModelError::UnknownRegion { .. }
+    ));
     let mut m = with_unit(unit("a", 1.0, 1));
     m.traffic.push(Traffic {
         from: "a".into(),
@@ -82,7 +110,10 @@ fn unknown_references() {
     assert!(matches!(invalid(&m), ModelError::UnknownUnit { .. }));
     let mut u = unit("a", 1.0, 1);
     u.demand.insert("gpu".into(), 1.0);
-    assert!(matches!(invalid(&with_unit(u)), ModelError::UnknownDimension { .. }));
+    assert!(matches!(
+        invalid(&with_unit(u)),
+        ModelError::UnknownDimension { .. }
+    ));
     let mut m = with_unit(unit("a", 1.0, 1));
     m.overrides.push(Override {
         unit: "a".into(),
@@ -100,14 +131,20 @@ fn contradictory_constraints() {
         min_providers: 3,
         min_regions: 0,
     });
-    assert!(matches!(invalid(&with_unit(u)), ModelError::Contradictory { .. }));
+    assert!(matches!(
+        invalid(&with_unit(u)),
+        ModelError::Contradictory { .. }
+    ));
     let mut a = unit("a", 1.0, 2);
     a.colocate = Some("g".into());
     a.spread = Some(Spread {
         min_providers: 2,
         min_regions: 0,
     });
-    assert!(matches!(invalid(&with_unit(a)), ModelError::Contradictory { .. }));
+    assert!(matches!(
+        invalid(&with_unit(a)),
+        ModelError::Contradictory { .. }
+    ));
     let mut m = base_model();
     let mut a = unit("a", 1.0, 1);
     a.colocate = Some("g".into());
@@ -119,7 +156,10 @@ fn contradictory_constraints() {
     let mut u = unit("a", 1.0, 1);
     u.require_labels = BTreeMap::from([("jurisdiction".into(), vec!["eu".into()])]);
     u.forbid_labels = BTreeMap::from([("jurisdiction".into(), vec!["eu".into()])]);
-    assert!(matches!(invalid(&with_unit(u)), ModelError::Contradictory { .. }));
+    assert!(matches!(
+        invalid(&with_unit(u)),
+        ModelError::Contradictory { .. }
+    ));
     let mut m = with_unit(unit("a", 1.0, 1));
     m.traffic.push(Traffic {
         from: "a".into(),
@@ -207,7 +247,11 @@ fn spread_larger_than_available_providers() {
     match err(&with_unit(u)) {
         PlacementError::Infeasible(c) => assert!(matches!(
             &c[0],
-            Conflict::SpreadUnsatisfiable { required: 3, available: 2, .. }
+            Conflict::SpreadUnsatisfiable {
+                required: 3,
+                available: 2,
+                ..
+            }
         )),
         other => panic!("{other:?}"),
     }
@@ -220,7 +264,11 @@ fn replica_too_big_for_every_region() {
             let Conflict::NoAllowedRegion { removed_by, .. } = &c[0] else {
                 panic!("{c:?}")
             };
-            assert!(removed_by.iter().all(|(_, w)| w.iter().any(|x| x.contains("capacity"))));
+            assert!(
+                removed_by
+                    .iter()
+                    .all(|(_, w)| w.iter().any(|x| x.contains("capacity")))
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -228,10 +276,22 @@ fn replica_too_big_for_every_region() {
 
 #[test]
 fn unparsable_text_is_an_error() {
-    assert!(matches!(Model::from_json("{"), Err(PlacementError::Parse(_))));
-    assert!(matches!(Model::from_yaml("dimensions: [cpu"), Err(PlacementError::Parse(_))));
-    assert!(matches!(Model::from_toml("dimensions = "), Err(PlacementError::Parse(_))));
-    assert!(matches!(Model::from_json(r#"{"dimensions":["cpu"],"providers":[],"bogus":1}"#), Err(PlacementError::Parse(_))));
+    assert!(matches!(
+        Model::from_json("{"),
+        Err(PlacementError::Parse(_))
+    ));
+    assert!(matches!(
+        Model::from_yaml("dimensions: [cpu"),
+        Err(PlacementError::Parse(_))
+    ));
+    assert!(matches!(
+        Model::from_toml("dimensions = "),
+        Err(PlacementError::Parse(_))
+    ));
+    assert!(matches!(
+        Model::from_json(r#"{"dimensions":["cpu"],"providers":[],"bogus":1}"#),
+        Err(PlacementError::Parse(_))
+    ));
     assert!(matches!(
         Model::from_path(std::path::Path::new("/nonexistent/model.yaml")),
         Err(PlacementError::Io(_))

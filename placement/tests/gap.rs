@@ -6,7 +6,7 @@ use cloud_placement::gap::{GapError, parse_gap};
 use cloud_placement::report::{gap_optimum, locate_gap_dir, solve_gap};
 use cloud_placement::{SolveOptions, checker, solve};
 
-const SMALL: &str = "2\n2 3\n1 2 3\n3 2 1\n2 2 2\n2 2 2\n4 2\n1 1\n5 5\n1 1\n";
+const SMALL: &str = "2\n2 3\n1 2 3\n3 2 1\n2 2 2\n2 2 2\n4 2\n1 1\n5\n1\n1\n";
 
 #[test]
 fn parses_small_file() {
@@ -21,11 +21,26 @@ fn parses_small_file() {
 
 #[test]
 fn reader_errors() {
-    assert!(matches!(parse_gap("1\n2 3\n1 x"), Err(GapError::NotANumber { .. })));
-    assert!(matches!(parse_gap("1\n2 3\n1 2"), Err(GapError::UnexpectedEof { .. })));
-    assert!(matches!(parse_gap("1\n0 3\n"), Err(GapError::Invalid { .. })));
-    assert!(matches!(parse_gap("1\n1 1\n1\n1\n1\n7"), Err(GapError::Trailing(1))));
-    assert!(matches!(parse_gap("1\n1 1\n1\n-1\n1\n"), Err(GapError::Invalid { .. })));
+    assert!(matches!(
+        parse_gap("1\n2 3\n1 x"),
+        Err(GapError::NotANumber { .. })
+    ));
+    assert!(matches!(
+        parse_gap("1\n2 3\n1 2"),
+        Err(GapError::UnexpectedEof { .. })
+    ));
+    assert!(matches!(
+        parse_gap("1\n0 3\n"),
+        Err(GapError::Invalid { .. })
+    ));
+    assert!(matches!(
+        parse_gap("1\n1 1\n1\n1\n1\n7"),
+        Err(GapError::Trailing(1))
+    ));
+    assert!(matches!(
+        parse_gap("1\n1 1\n1\n-1\n1\n"),
+        Err(GapError::Invalid { .. })
+    ));
     assert!(matches!(parse_gap(""), Err(GapError::UnexpectedEof { .. })));
 }
 
@@ -39,7 +54,12 @@ fn small_instance_solved_to_optimality() {
     assert!(s.lower_bound <= 4.0);
     assert!(checker::check(&m, &s.plan).is_feasible());
     let agent_of: Vec<usize> = (1..=3)
-        .map(|j| s.plan.placements[&format!("j{j}")][0][1..].parse::<usize>().unwrap() - 1)
+        .map(|j| {
+            s.plan.placements[&format!("j{j}")][0][1..]
+                .parse::<usize>()
+                .unwrap()
+                - 1
+        })
         .collect();
     assert_eq!(v[0].assignment_cost(&agent_of), Some(4));
 }

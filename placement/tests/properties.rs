@@ -13,7 +13,10 @@ use proptest::prelude::*;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: u64) -> u64 {
@@ -43,7 +46,10 @@ fn random_model(seed: u64, np: usize, rpp: usize, nu: usize) -> Model {
                         ("cpu".to_string(), g.f(0.5, 2.0)),
                         ("mem".to_string(), g.f(0.05, 0.3)),
                     ]),
-                    labels: BTreeMap::from([("jurisdiction".to_string(), jur[g.below(2) as usize].to_string())]),
+                    labels: BTreeMap::from([(
+                        "jurisdiction".to_string(),
+                        jur[g.below(2) as usize].to_string(),
+                    )]),
                     latency_ms: BTreeMap::from([("users".to_string(), g.below(100) as f64)]),
                     ..Region::default()
                 })
@@ -51,13 +57,19 @@ fn random_model(seed: u64, np: usize, rpp: usize, nu: usize) -> Model {
             ..Provider::default()
         })
         .collect::<Vec<_>>();
-    let all_regions: Vec<String> = providers.iter().flat_map(|p| p.regions.iter().map(|r| r.id.clone())).collect();
+    let all_regions: Vec<String> = providers
+        .iter()
+        .flat_map(|p| p.regions.iter().map(|r| r.id.clone()))
+        .collect();
     let mut units = Vec::new();
     for i in 0..nu {
         let replicas = 1 + g.below(3) as u32;
         let mut u = Unit {
             id: format!("u{i}"),
-            demand: BTreeMap::from([("cpu".to_string(), g.below(6) as f64 + 1.0), ("mem".to_string(), g.below(12) as f64)]),
+            demand: BTreeMap::from([
+                ("cpu".to_string(), g.below(6) as f64 + 1.0),
+                ("mem".to_string(), g.below(12) as f64),
+            ]),
             replicas,
             priority: g.below(3) as i32,
             ..Unit::default()
@@ -75,13 +87,11 @@ fn random_model(seed: u64, np: usize, rpp: usize, nu: usize) -> Model {
                     min_regions: replicas.min(2),
                 })
             }
-            4 => {
-                if i > 0 {
-                    u.anti_affinity = vec![format!("u{}", g.below(i as u64))];
-                }
-            }
+            4 if i > 0 => u.anti_affinity = vec![format!("u{}", g.below(i as u64))],
             5 => {
-                u.current = (0..replicas).map(|_| all_regions[g.below(all_regions.len() as u64) as usize].clone()).collect();
+                u.current = (0..replicas)
+                    .map(|_| all_regions[g.below(all_regions.len() as u64) as usize].clone())
+                    .collect();
                 u.migration_cost = g.f(0.0, 5.0);
             }
             _ => {}
@@ -89,7 +99,10 @@ fn random_model(seed: u64, np: usize, rpp: usize, nu: usize) -> Model {
         units.push(u);
     }
     // Anti-affinity inside a co-location group would be contradictory: drop it.
-    let groups: BTreeMap<String, Option<String>> = units.iter().map(|u| (u.id.clone(), u.colocate.clone())).collect();
+    let groups: BTreeMap<String, Option<String>> = units
+        .iter()
+        .map(|u| (u.id.clone(), u.colocate.clone()))
+        .collect();
     for u in &mut units {
         let me = u.colocate.clone();
         u.anti_affinity.retain(|a| me.is_none() || groups[a] != me);

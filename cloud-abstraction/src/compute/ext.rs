@@ -10,7 +10,8 @@ pub trait ComputeExt: Compute {
     /// succeeded). Fails with [`DeadlineExceeded`](ErrorKind::DeadlineExceeded) after
     /// `timeout`, and with [`Internal`](ErrorKind::Internal) if the workload failed.
     async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<WorkloadStatus> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too large to add to the clock means "no deadline" in practice.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let status = self.get(name).await?.ok_or_else(|| {
                 Error::not_found(self.info().backend, format!("workload `{name}`"))
@@ -30,7 +31,7 @@ pub trait ComputeExt: Compute {
                 }
                 _ => {}
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::new(
                     ErrorKind::DeadlineExceeded,
                     self.info().backend,
@@ -51,7 +52,8 @@ pub trait ComputeExt: Compute {
         phase: Phase,
         timeout: Duration,
     ) -> Result<WorkloadStatus> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too large to add to the clock means "no deadline" in practice.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let status = self.get(name).await?.ok_or_else(|| {
                 Error::not_found(self.info().backend, format!("workload `{name}`"))
@@ -59,7 +61,7 @@ pub trait ComputeExt: Compute {
             if status.phase == phase {
                 return Ok(status);
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::new(
                     ErrorKind::DeadlineExceeded,
                     self.info().backend,

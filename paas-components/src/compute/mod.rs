@@ -487,7 +487,7 @@ mod engine {
             }
         }
 
-        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %spec.name))]
+        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %spec.name), err(level = "debug"))]
         pub(crate) async fn apply(&self, spec: WorkloadSpec) -> Result<WorkloadStatus> {
             validate_spec(self.backend, &self.caps, &spec)?;
             let mut workloads = self.workloads.lock().await;
@@ -522,14 +522,14 @@ mod engine {
             }
         }
 
-        #[tracing::instrument(level = "trace", skip_all, fields(backend = self.backend, workload = %name))]
+        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %name), err(level = "debug"))]
         pub(crate) async fn get(&self, name: &str) -> Result<Option<WorkloadStatus>> {
             self.check_name(name)?;
             let workloads = self.workloads.lock().await;
             Ok(workloads.get(name).map(|w| self.status(w)))
         }
 
-        #[tracing::instrument(level = "trace", skip_all, fields(backend = self.backend))]
+        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend), err(level = "debug"))]
         pub(crate) async fn list(
             &self,
             selector: &BTreeMap<String, String>,
@@ -546,7 +546,7 @@ mod engine {
                 .collect())
         }
 
-        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %name, replicas = replicas))]
+        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %name, replicas = replicas), err(level = "debug"))]
         pub(crate) async fn scale(&self, name: &str, replicas: u32) -> Result<WorkloadStatus> {
             if !self.caps.scale {
                 return Err(Error::unsupported(self.backend, "scale"));
@@ -567,7 +567,7 @@ mod engine {
             Ok(self.status(w))
         }
 
-        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %name))]
+        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %name), err(level = "debug"))]
         pub(crate) async fn delete(&self, name: &str) -> Result<bool> {
             self.check_name(name)?;
             let mut workloads = self.workloads.lock().await;
@@ -581,7 +581,7 @@ mod engine {
             }
         }
 
-        #[tracing::instrument(level = "trace", skip_all, fields(backend = self.backend, workload = %name))]
+        #[tracing::instrument(level = "debug", skip_all, fields(backend = self.backend, workload = %name), err(level = "debug"))]
         pub(crate) async fn logs(&self, name: &str, options: LogOptions) -> Result<LogPage> {
             if !self.caps.logs {
                 return Err(Error::unsupported(self.backend, "logs"));
@@ -659,7 +659,10 @@ mod engine {
                 _ = &mut stop => return,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            lock(&ctx.instance).restarts += 1;
+            {
+                let mut s = lock(&ctx.instance);
+                s.restarts = s.restarts.saturating_add(1);
+            }
         }
     }
 }

@@ -103,6 +103,8 @@ impl std::fmt::Debug for ProcessCompute {
     }
 }
 
+// The operation spans (backend, workload; failures as debug events) are on the shared
+// engine's methods, which these delegate to.
 #[async_trait]
 impl Compute for ProcessCompute {
     fn info(&self) -> BackendInfo {

@@ -81,6 +81,8 @@ impl std::fmt::Debug for SimCompute {
     }
 }
 
+// The operation spans (backend, workload; failures as debug events) are on the shared
+// engine's methods, which these delegate to.
 #[async_trait]
 impl Compute for SimCompute {
     fn info(&self) -> BackendInfo {

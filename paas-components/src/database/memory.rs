@@ -12,6 +12,7 @@ use cloud_abstraction::database::{
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -70,10 +71,19 @@ type Collections = HashMap<String, BTreeMap<String, Entry>>;
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MemoryDocumentStore {
     data: Arc<Mutex<Collections>>,
     location: Location,
+}
+
+impl fmt::Debug for MemoryDocumentStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the documents: they are user data.
+        f.debug_struct("MemoryDocumentStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryDocumentStore {
@@ -200,25 +210,16 @@ impl DocumentStore for MemoryDocumentStore {
         DatabaseCapabilities::full()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>> {
-        let _span =
-            tracing::debug_span!("database", backend = BACKEND, operation = "get", collection)
-                .entered();
         validate::resource_name(BACKEND, "collection", collection)?;
         validate::document_id(BACKEND, id)?;
         let data = self.lock();
         Ok(live(&data, collection, id, SystemTime::now()).map(|e| e.document(id)))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection, count = ids.len()), err(level = "debug"))]
     async fn get_many(&self, collection: &str, ids: &[String]) -> Result<Vec<Option<Document>>> {
-        let _span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "get_many",
-            collection,
-            count = ids.len()
-        )
-        .entered();
         validate::resource_name(BACKEND, "collection", collection)?;
         for id in ids {
             validate::document_id(BACKEND, id)?;
@@ -231,6 +232,7 @@ impl DocumentStore for MemoryDocumentStore {
             .collect())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn put(
         &self,
         collection: &str,
@@ -238,9 +240,6 @@ impl DocumentStore for MemoryDocumentStore {
         value: Value,
         options: PutDocumentOptions,
     ) -> Result<Revision> {
-        let _span =
-            tracing::debug_span!("database", backend = BACKEND, operation = "put", collection)
-                .entered();
         let op = WriteOp::Put {
             collection: collection.to_string(),
             id: id.to_string(),
@@ -255,14 +254,8 @@ impl DocumentStore for MemoryDocumentStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn delete(&self, collection: &str, id: &str, condition: WriteCondition) -> Result<bool> {
-        let _span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "delete",
-            collection
-        )
-        .entered();
         let op = WriteOp::Delete {
             collection: collection.to_string(),
             id: id.to_string(),
@@ -276,14 +269,8 @@ impl DocumentStore for MemoryDocumentStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, count = ops.len()), err(level = "debug"))]
     async fn write_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>> {
-        let _span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "write_batch",
-            count = ops.len()
-        )
-        .entered();
         let caps = self.capabilities();
         for op in &ops {
             validate_op(op, &caps)?;
@@ -314,14 +301,8 @@ impl DocumentStore for MemoryDocumentStore {
         Ok(outcomes)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn query(&self, collection: &str, query: Query) -> Result<QueryPage> {
-        let _span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "query",
-            collection
-        )
-        .entered();
         validate::resource_name(BACKEND, "collection", collection)?;
         check_capabilities(BACKEND, &self.capabilities(), &query)?;
         let limit = page_limit(BACKEND, &query)?;

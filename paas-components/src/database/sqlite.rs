@@ -21,7 +21,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::Instrument;
 
 const BACKEND: &str = "sqlite";
 
@@ -642,41 +641,37 @@ impl SqliteDocumentStore {
     /// Accepted URLs: `sqlite:///abs/path.db`, `sqlite://relative.db` (relative to the working
     /// directory), `sqlite::memory:`, optionally with `?mode=rwc` (the default: create if
     /// missing) or `?mode=rw` (the file must exist). Errors never quote the URL.
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND), err(level = "debug"))]
     pub async fn connect(url: &str) -> Result<Self> {
-        let span = tracing::debug_span!("database", backend = BACKEND, operation = "connect");
-        async move {
-            let (options, in_memory) = parse_url(url)?;
-            let options = options.busy_timeout(BUSY_TIMEOUT);
-            let pool = if in_memory {
-                // One connection, never closed: it *is* the database.
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connect_with(options)
-                    .await
-            } else {
-                SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(options)
-                    .await
-            }
-            .map_err(|e| map_err("opening the SQLite database", e))?;
-            for statement in SCHEMA {
-                sqlx::query(statement)
-                    .execute(&pool)
-                    .await
-                    .map_err(|e| map_err("creating the schema", e))?;
-            }
-            Ok(Self {
-                pool,
-                location: Location::local(),
-                last_purge_ms: Arc::new(AtomicI64::new(0)),
-            })
+        let (options, in_memory) = parse_url(url)?;
+        let options = options.busy_timeout(BUSY_TIMEOUT);
+        let pool = if in_memory {
+            // One connection, never closed: it *is* the database.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
         }
-        .instrument(span)
-        .await
+        .map_err(|e| map_err("opening the SQLite database", e))?;
+        for statement in SCHEMA {
+            sqlx::query(statement)
+                .execute(&pool)
+                .await
+                .map_err(|e| map_err("creating the schema", e))?;
+        }
+        Ok(Self {
+            pool,
+            location: Location::local(),
+            last_purge_ms: Arc::new(AtomicI64::new(0)),
+        })
     }
 
     /// The same store, reporting `location` as where it runs.
@@ -748,69 +743,55 @@ impl DocumentStore for SqliteDocumentStore {
         DatabaseCapabilities::full()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>> {
-        let span =
-            tracing::debug_span!("database", backend = BACKEND, operation = "get", collection);
-        async move {
-            validate::resource_name(BACKEND, "collection", collection)?;
-            validate::document_id(BACKEND, id)?;
-            let row = sqlx::query(
-                "SELECT id, value, revision, expires_at FROM documents
-                 WHERE collection = ? AND id = ? AND (expires_at IS NULL OR expires_at > ?)",
-            )
-            .bind(collection)
-            .bind(id)
-            .bind(now_ms())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| map_err("get", e))?;
-            row.as_ref().map(document_from).transpose()
-        }
-        .instrument(span)
+        validate::resource_name(BACKEND, "collection", collection)?;
+        validate::document_id(BACKEND, id)?;
+        let row = sqlx::query(
+            "SELECT id, value, revision, expires_at FROM documents
+             WHERE collection = ? AND id = ? AND (expires_at IS NULL OR expires_at > ?)",
+        )
+        .bind(collection)
+        .bind(id)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
         .await
+        .map_err(|e| map_err("get", e))?;
+        row.as_ref().map(document_from).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection, count = ids.len()), err(level = "debug"))]
     async fn get_many(&self, collection: &str, ids: &[String]) -> Result<Vec<Option<Document>>> {
-        let span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "get_many",
-            collection,
-            count = ids.len()
-        );
-        async move {
-            validate::resource_name(BACKEND, "collection", collection)?;
-            for id in ids {
-                validate::document_id(BACKEND, id)?;
-            }
-            let now = now_ms();
-            let mut found: HashMap<String, Document> = HashMap::new();
-            for chunk in ids.chunks(GET_MANY_CHUNK) {
-                let placeholders = vec!["?"; chunk.len()].join(", ");
-                let sql = format!(
-                    "SELECT id, value, revision, expires_at FROM documents
-                     WHERE collection = ? AND (expires_at IS NULL OR expires_at > ?)
-                       AND id IN ({placeholders})"
-                );
-                let mut query = sqlx::query(&sql).bind(collection).bind(now);
-                for id in chunk {
-                    query = query.bind(id);
-                }
-                let rows = query
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|e| map_err("get_many", e))?;
-                for row in &rows {
-                    let doc = document_from(row)?;
-                    found.insert(doc.id.clone(), doc);
-                }
-            }
-            Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+        validate::resource_name(BACKEND, "collection", collection)?;
+        for id in ids {
+            validate::document_id(BACKEND, id)?;
         }
-        .instrument(span)
-        .await
+        let now = now_ms();
+        let mut found: HashMap<String, Document> = HashMap::new();
+        for chunk in ids.chunks(GET_MANY_CHUNK) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT id, value, revision, expires_at FROM documents
+                 WHERE collection = ? AND (expires_at IS NULL OR expires_at > ?)
+                   AND id IN ({placeholders})"
+            );
+            let mut query = sqlx::query(&sql).bind(collection).bind(now);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_err("get_many", e))?;
+            for row in &rows {
+                let doc = document_from(row)?;
+                found.insert(doc.id.clone(), doc);
+            }
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn put(
         &self,
         collection: &str,
@@ -818,122 +799,98 @@ impl DocumentStore for SqliteDocumentStore {
         value: Value,
         options: PutDocumentOptions,
     ) -> Result<Revision> {
-        let span =
-            tracing::debug_span!("database", backend = BACKEND, operation = "put", collection);
         let op = WriteOp::Put {
             collection: collection.to_string(),
             id: id.to_string(),
             value,
             options,
         };
-        match self.write_one(op).instrument(span).await? {
+        match self.write_one(op).await? {
             WriteOutcome::Put(revision) => Ok(revision),
             WriteOutcome::Deleted(_) => Err(Error::internal(BACKEND, "a put reported a delete")),
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn delete(&self, collection: &str, id: &str, condition: WriteCondition) -> Result<bool> {
-        let span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "delete",
-            collection
-        );
         let op = WriteOp::Delete {
             collection: collection.to_string(),
             id: id.to_string(),
             condition,
         };
-        match self.write_one(op).instrument(span).await? {
+        match self.write_one(op).await? {
             WriteOutcome::Deleted(existed) => Ok(existed),
             WriteOutcome::Put(_) => Err(Error::internal(BACKEND, "a delete reported a put")),
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, count = ops.len()), err(level = "debug"))]
     async fn write_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>> {
-        let span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "write_batch",
-            count = ops.len()
-        );
-        async move {
-            let now = now_ms();
-            let caps = self.capabilities();
-            let writes = ops
-                .into_iter()
-                .map(|op| prepare(op, &caps, now))
-                .collect::<Result<Vec<_>>>()?;
-            if writes.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(|e| map_err("beginning a transaction", e))?;
-            let mut outcomes = Vec::with_capacity(writes.len());
-            for write in &writes {
-                match apply(&mut tx, write, now).await {
-                    Ok(outcome) => outcomes.push(outcome),
-                    Err(e) => {
-                        if let Err(rollback) = tx.rollback().await {
-                            // The connection is discarded by the pool; nothing was committed.
-                            tracing::warn!(error = %rollback, "rollback failed");
-                        }
-                        return Err(e);
+        let now = now_ms();
+        let caps = self.capabilities();
+        let writes = ops
+            .into_iter()
+            .map(|op| prepare(op, &caps, now))
+            .collect::<Result<Vec<_>>>()?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| map_err("beginning a transaction", e))?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in &writes {
+            match apply(&mut tx, write, now).await {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => {
+                    if let Err(rollback) = tx.rollback().await {
+                        // The connection is discarded by the pool; nothing was committed.
+                        tracing::warn!(error = %rollback, "rollback failed");
                     }
+                    return Err(e);
                 }
             }
-            tx.commit()
-                .await
-                .map_err(|e| map_err("committing a transaction", e))?;
-            self.maybe_purge(now).await;
-            Ok(outcomes)
         }
-        .instrument(span)
-        .await
+        tx.commit()
+            .await
+            .map_err(|e| map_err("committing a transaction", e))?;
+        self.maybe_purge(now).await;
+        Ok(outcomes)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, collection = %collection), err(level = "debug"))]
     async fn query(&self, collection: &str, query: Query) -> Result<QueryPage> {
-        let span = tracing::debug_span!(
-            "database",
-            backend = BACKEND,
-            operation = "query",
-            collection
-        );
-        async move {
-            validate::resource_name(BACKEND, "collection", collection)?;
-            check_capabilities(BACKEND, &self.capabilities(), &query)?;
-            let limit = page_limit(BACKEND, &query)?;
-            let offset = decode_offset_cursor(BACKEND, query.cursor.as_deref())?;
-            let sql = build_query(collection, &query, now_ms(), limit, offset);
-            let mut q = sqlx::query(&sql.text);
-            for param in sql.params {
-                q = match param {
-                    Param::Text(s) => q.bind(s),
-                    Param::Int(i) => q.bind(i),
-                    Param::Real(f) => q.bind(f),
-                };
-            }
-            let rows = q
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| map_err("query", e))?;
-            let more = rows.len() > limit;
-            let documents = rows
-                .iter()
-                .take(limit)
-                .map(document_from)
-                .collect::<Result<Vec<_>>>()?;
-            let next_cursor = more.then(|| encode_offset_cursor(offset + documents.len()));
-            Ok(QueryPage {
-                documents,
-                next_cursor,
-            })
+        validate::resource_name(BACKEND, "collection", collection)?;
+        check_capabilities(BACKEND, &self.capabilities(), &query)?;
+        let limit = page_limit(BACKEND, &query)?;
+        let offset = decode_offset_cursor(BACKEND, query.cursor.as_deref())?;
+        let sql = build_query(collection, &query, now_ms(), limit, offset);
+        let mut q = sqlx::query(&sql.text);
+        for param in sql.params {
+            q = match param {
+                Param::Text(s) => q.bind(s),
+                Param::Int(i) => q.bind(i),
+                Param::Real(f) => q.bind(f),
+            };
         }
-        .instrument(span)
-        .await
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_err("query", e))?;
+        let more = rows.len() > limit;
+        let documents = rows
+            .iter()
+            .take(limit)
+            .map(document_from)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor =
+            more.then(|| encode_offset_cursor(offset.saturating_add(documents.len())));
+        Ok(QueryPage {
+            documents,
+            next_cursor,
+        })
     }
 }
 

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use tracing::{debug, instrument, warn};
 
 const BACKEND: &str = "memory";
+/// Longest de-duplication window (longer ones are clamped to it).
+const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// An in-process [`MessageQueue`]: every capability except durability.
 ///
@@ -38,11 +40,21 @@ const BACKEND: &str = "memory";
 /// q.ack("commands", "workers", &got[0].receipt).await?;
 /// # Ok::<(), cloud_abstraction::Error>(()) }).unwrap();
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MemoryQueue {
     inner: Arc<Inner>,
     location: Location,
     capabilities: QueueCapabilities,
+}
+
+impl std::fmt::Debug for MemoryQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the messages: bodies and attributes are user data.
+        f.debug_struct("MemoryQueue")
+            .field("location", &self.location)
+            .field("dedup_window", &self.inner.dedup_window)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -126,13 +138,15 @@ impl MemoryQueue {
         self
     }
 
-    /// A new, empty queue with this de-duplication window (default 5 minutes).
+    /// A new, empty queue with this de-duplication window (default 5 minutes; windows over
+    /// 100 years count as 100 years).
     pub fn with_dedup_window(self, window: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
-                dedup_window: window,
+                // Bounded so that `now + window` cannot overflow the clock at publish time.
+                dedup_window: window.min(MAX_DEDUP_WINDOW),
             }),
             location: self.location,
             capabilities: self.capabilities,
@@ -263,7 +277,7 @@ impl State {
                 let token = self.next();
                 let g = self.group_mut(topic, group)?;
                 if let Some(p) = g.pending.get_mut(&seq) {
-                    p.attempts += 1;
+                    p.attempts = p.attempts.saturating_add(1);
                     p.lease = Some(token);
                     p.visible_at = now + deadline;
                     out.push(ReceivedMessage {
@@ -330,14 +344,14 @@ impl MessageQueue for MemoryQueue {
         self.capabilities.clone()
     }
 
-    #[instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic), err(level = "debug"))]
     async fn create_topic(&self, topic: &str) -> Result<()> {
         checks::topic(BACKEND, topic)?;
         self.lock()?.topics.entry(topic.to_string()).or_default();
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic), err(level = "debug"))]
     async fn delete_topic(&self, topic: &str) -> Result<()> {
         checks::topic(BACKEND, topic)?;
         self.lock()?.topics.remove(topic);
@@ -346,7 +360,7 @@ impl MessageQueue for MemoryQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, options), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn create_group(&self, topic: &str, group: &str, options: GroupOptions) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         checks::group_options(BACKEND, &self.capabilities(), topic, &options)?;
@@ -378,7 +392,7 @@ impl MessageQueue for MemoryQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         if let Some(t) = self.lock()?.topics.get_mut(topic) {
@@ -388,14 +402,15 @@ impl MessageQueue for MemoryQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, message), fields(backend = BACKEND))]
+    // No `err` here: publish_batch, inside this span, reports the failure.
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic))]
     async fn publish(&self, topic: &str, message: Message) -> Result<String> {
         let mut ids = self.publish_batch(topic, vec![message]).await?;
         ids.pop()
             .ok_or_else(|| Error::internal(BACKEND, "publish returned no id"))
     }
 
-    #[instrument(level = "debug", skip(self, messages), fields(backend = BACKEND, count = messages.len()))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, count = messages.len()), err(level = "debug"))]
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<String>> {
         checks::topic(BACKEND, topic)?;
         let caps = self.capabilities();
@@ -457,7 +472,7 @@ impl MessageQueue for MemoryQueue {
         Ok(ids)
     }
 
-    #[instrument(level = "debug", skip(self, options), fields(backend = BACKEND, max = options.max_messages))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group, max = options.max_messages), err(level = "debug"))]
     async fn receive(
         &self,
         topic: &str,
@@ -466,7 +481,7 @@ impl MessageQueue for MemoryQueue {
     ) -> Result<Vec<ReceivedMessage>> {
         checks::topic_group(BACKEND, topic, group)?;
         checks::receive(BACKEND, &options)?;
-        let give_up = Instant::now() + options.wait;
+        let give_up = checks::give_up_at(BACKEND, &options)?;
         loop {
             // Registered before looking, so a publish between the look and the wait is not lost.
             let changed = self.inner.changed.notified();
@@ -488,7 +503,7 @@ impl MessageQueue for MemoryQueue {
         }
     }
 
-    #[instrument(level = "debug", skip(self, receipt), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn ack(&self, topic: &str, group: &str, receipt: &str) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         let mut state = self.lock()?;
@@ -507,7 +522,7 @@ impl MessageQueue for MemoryQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, receipt), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn nack(&self, topic: &str, group: &str, receipt: &str, delay: Duration) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         checks::nack_delay(BACKEND, &self.capabilities(), delay)?;
@@ -529,7 +544,7 @@ impl MessageQueue for MemoryQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, receipt), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn extend_deadline(
         &self,
         topic: &str,

@@ -134,6 +134,17 @@ pub(crate) mod checks {
         Ok(())
     }
 
+    /// When a long poll of `options.wait` started now gives up. A wait too long to add to
+    /// the clock (e.g. `Duration::MAX`) is `InvalidArgument` rather than an overflow panic.
+    pub(crate) fn give_up_at(
+        backend: &'static str,
+        options: &ReceiveOptions,
+    ) -> Result<tokio::time::Instant> {
+        tokio::time::Instant::now()
+            .checked_add(options.wait)
+            .ok_or_else(|| Error::invalid(backend, "the receive wait is too long"))
+    }
+
     /// A lease length (ack deadline or extension): more than zero, at most [`MAX_LEASE`].
     pub(crate) fn lease(backend: &'static str, what: &str, lease: Duration) -> Result<()> {
         if lease.is_zero() || lease > MAX_LEASE {

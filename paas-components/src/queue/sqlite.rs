@@ -171,6 +171,7 @@ type Tx = Transaction<'static, Sqlite>;
 impl SqliteQueue {
     /// Opens (creating if needed) the queue at `url`: `sqlite://path.db`, `sqlite:path.db`
     /// or `sqlite::memory:` (private to this handle and its clones).
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND), err(level = "debug"))]
     pub async fn connect(url: &str) -> Result<Self> {
         if !url.starts_with("sqlite:") {
             // sqlx would take any other string for a file name.
@@ -180,7 +181,8 @@ impl SqliteQueue {
             ));
         }
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::invalid(BACKEND, "invalid SQLite URL").with_source(e))?
+            // No source: sqlx's configuration error may quote the URL.
+            .map_err(|_| Error::invalid(BACKEND, "invalid SQLite URL"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -466,7 +468,7 @@ impl SqliteQueue {
                     body: Bytes::from(body),
                     attributes,
                     ordering_key: row.try_get(5).map_err(read)?,
-                    attempt: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
+                    attempt: u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX),
                     published_at: UNIX_EPOCH
                         + Duration::from_millis(u64::try_from(published_ms).unwrap_or(0)),
                     receipt: format!("{seq}.{token}"),
@@ -540,7 +542,7 @@ impl MessageQueue for SqliteQueue {
         QueueCapabilities::full()
     }
 
-    #[instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic), err(level = "debug"))]
     async fn create_topic(&self, topic: &str) -> Result<()> {
         checks::topic(BACKEND, topic)?;
         sqlx::query("INSERT OR IGNORE INTO mq_topics (name) VALUES (?)")
@@ -551,7 +553,7 @@ impl MessageQueue for SqliteQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic), err(level = "debug"))]
     async fn delete_topic(&self, topic: &str) -> Result<()> {
         checks::topic(BACKEND, topic)?;
         let mut tx = self.begin().await?;
@@ -575,7 +577,7 @@ impl MessageQueue for SqliteQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, options), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn create_group(&self, topic: &str, group: &str, options: GroupOptions) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         checks::group_options(BACKEND, &self.capabilities(), topic, &options)?;
@@ -611,7 +613,7 @@ impl MessageQueue for SqliteQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         let mut tx = self.begin().await?;
@@ -642,14 +644,15 @@ impl MessageQueue for SqliteQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, message), fields(backend = BACKEND))]
+    // No `err` here: publish_batch, inside this span, reports the failure.
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic))]
     async fn publish(&self, topic: &str, message: Message) -> Result<String> {
         let mut ids = self.publish_batch(topic, vec![message]).await?;
         ids.pop()
             .ok_or_else(|| Error::internal(BACKEND, "publish returned no id"))
     }
 
-    #[instrument(level = "debug", skip(self, messages), fields(backend = BACKEND, count = messages.len()))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, count = messages.len()), err(level = "debug"))]
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<String>> {
         checks::topic(BACKEND, topic)?;
         let caps = self.capabilities();
@@ -725,7 +728,7 @@ impl MessageQueue for SqliteQueue {
         Ok(ids)
     }
 
-    #[instrument(level = "debug", skip(self, options), fields(backend = BACKEND, max = options.max_messages))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group, max = options.max_messages), err(level = "debug"))]
     async fn receive(
         &self,
         topic: &str,
@@ -734,7 +737,7 @@ impl MessageQueue for SqliteQueue {
     ) -> Result<Vec<ReceivedMessage>> {
         checks::topic_group(BACKEND, topic, group)?;
         checks::receive(BACKEND, &options)?;
-        let give_up = Instant::now() + options.wait;
+        let give_up = checks::give_up_at(BACKEND, &options)?;
         let mut first = true;
         loop {
             // Registered before looking, so a local publish in between is not missed.
@@ -762,7 +765,7 @@ impl MessageQueue for SqliteQueue {
         }
     }
 
-    #[instrument(level = "debug", skip(self, receipt), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn ack(&self, topic: &str, group: &str, receipt: &str) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         checks::receipt(BACKEND, receipt)?;
@@ -789,7 +792,7 @@ impl MessageQueue for SqliteQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, receipt), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn nack(&self, topic: &str, group: &str, receipt: &str, delay: Duration) -> Result<()> {
         checks::topic_group(BACKEND, topic, group)?;
         checks::nack_delay(BACKEND, &self.capabilities(), delay)?;
@@ -828,7 +831,7 @@ impl MessageQueue for SqliteQueue {
         Ok(())
     }
 
-    #[instrument(level = "debug", skip(self, receipt), fields(backend = BACKEND))]
+    #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
     async fn extend_deadline(
         &self,
         topic: &str,

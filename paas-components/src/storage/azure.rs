@@ -143,6 +143,8 @@ impl AzureBlobStore {
             capabilities,
             // Azurite ignores `startFrom`, and Azure's is inclusive: filter client-side.
             server_list_offset: false,
+            list_from_parent: true,
+            suffix_ranges: false,
             metadata_names: MetadataNames::CSharpIdentifier,
             attributes_need_upload_handle: true,
         };

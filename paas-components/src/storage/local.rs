@@ -132,12 +132,21 @@ impl Header {
         self
     }
 
+    /// The stored modification time. The header is read from disk, so out-of-range values
+    /// (a damaged or hand-edited file) must not panic: they read as the epoch.
+    fn modified(&self) -> SystemTime {
+        Duration::from_secs(self.modified_secs)
+            .checked_add(Duration::from_nanos(u64::from(self.modified_nanos)))
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .unwrap_or(UNIX_EPOCH)
+    }
+
     fn meta(&self, key: &str) -> ObjectMeta {
         ObjectMeta {
             key: key.to_string(),
             size: self.size,
             etag: self.etag.clone(),
-            last_modified: UNIX_EPOCH + Duration::new(self.modified_secs, self.modified_nanos),
+            last_modified: self.modified(),
             content_type: self.content_type.clone(),
             metadata: self.metadata.clone(),
         }
@@ -203,6 +212,10 @@ impl LocalBlobStore {
     ///
     /// Fails with [`InvalidArgument`](ErrorKind::InvalidArgument) if `root` exists and is not
     /// a directory, or with the I/O error's kind if it cannot be created.
+    ///
+    /// Blocking: it creates directories and sweeps stale temporary files on the calling
+    /// thread. That is a one-off at start-up; every operation afterwards runs its filesystem
+    /// work on tokio's blocking pool.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root: PathBuf = root.into();
         if root.exists() && !root.is_dir() {
@@ -606,7 +619,7 @@ impl BlobStore for LocalBlobStore {
         StorageCapabilities::full()
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, size = payload.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, size = payload.len()), err(level = "debug"))]
     async fn put(&self, key: &str, payload: Bytes, options: PutOptions) -> Result<PutResult> {
         self.inner.object_path(key)?;
         check_put_options(BACKEND, &options)?;
@@ -638,7 +651,7 @@ impl BlobStore for LocalBlobStore {
         self.commit(key, tmp, mode, etag).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult> {
         let path = self.inner.object_path(key)?;
         let inner = Arc::clone(&self.inner);
@@ -684,7 +697,7 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         let path = self.inner.object_path(key)?;
         let inner = Arc::clone(&self.inner);
@@ -692,7 +705,7 @@ impl BlobStore for LocalBlobStore {
         blocking(move || Ok(inner.read_header(&key, &path)?.meta(&key))).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.inner.object_path(key)?;
         let _guard = self.lock_for(key).lock().await;
@@ -713,7 +726,7 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, prefix = %options.prefix))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, prefix = %options.prefix), err(level = "debug"))]
     async fn list_page(&self, options: ListOptions) -> Result<ListPage> {
         validate::key_prefix(BACKEND, &options.prefix)?;
         let inner = Arc::clone(&self.inner);
@@ -739,7 +752,7 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, from = %from, to = %to))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, from = %from, to = %to), err(level = "debug"))]
     async fn copy(&self, from: &str, to: &str, options: CopyOptions) -> Result<PutResult> {
         let source = self.inner.object_path(from)?;
         self.inner.object_path(to)?;
@@ -765,7 +778,7 @@ impl BlobStore for LocalBlobStore {
         self.commit(to, tmp, mode, etag).await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<MultipartId> {
         self.inner.object_path(key)?;
         check_put_options(BACKEND, &options)?;
@@ -792,7 +805,7 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, part = part_number))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, part = part_number), err(level = "debug"))]
     async fn put_part(
         &self,
         key: &str,
@@ -819,7 +832,7 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, parts = parts.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, parts = parts.len()), err(level = "debug"))]
     async fn complete_multipart(
         &self,
         key: &str,
@@ -887,7 +900,7 @@ impl BlobStore for LocalBlobStore {
         Ok(result)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn abort_multipart(&self, key: &str, upload: &MultipartId) -> Result<()> {
         self.inner.object_path(key)?;
         let inner = Arc::clone(&self.inner);

@@ -171,7 +171,7 @@ impl BlobStore for MemoryBlobStore {
         StorageCapabilities::full()
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, size = payload.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, size = payload.len()), err(level = "debug"))]
     async fn put(&self, key: &str, payload: Bytes, options: PutOptions) -> Result<PutResult> {
         validate::object_key(BACKEND, key)?;
         check_put_options(BACKEND, &options)?;
@@ -179,7 +179,7 @@ impl BlobStore for MemoryBlobStore {
         self.state().write(key, &options.mode, object)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult> {
         validate::object_key(BACKEND, key)?;
         let object = self
@@ -220,7 +220,7 @@ impl BlobStore for MemoryBlobStore {
         })
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         validate::object_key(BACKEND, key)?;
         self.state()
@@ -230,14 +230,14 @@ impl BlobStore for MemoryBlobStore {
             .ok_or_else(|| not_found(key))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn delete(&self, key: &str) -> Result<()> {
         validate::object_key(BACKEND, key)?;
         self.state().objects.remove(key);
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, prefix = %options.prefix))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, prefix = %options.prefix), err(level = "debug"))]
     async fn list_page(&self, options: ListOptions) -> Result<ListPage> {
         let state = self.state();
         let selected = select_page(
@@ -260,7 +260,7 @@ impl BlobStore for MemoryBlobStore {
         })
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, from = %from, to = %to))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, from = %from, to = %to), err(level = "debug"))]
     async fn copy(&self, from: &str, to: &str, options: CopyOptions) -> Result<PutResult> {
         validate::object_key(BACKEND, from)?;
         validate::object_key(BACKEND, to)?;
@@ -277,7 +277,7 @@ impl BlobStore for MemoryBlobStore {
         state.write(to, &mode, object)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<MultipartId> {
         validate::object_key(BACKEND, key)?;
         check_put_options(BACKEND, &options)?;
@@ -293,7 +293,7 @@ impl BlobStore for MemoryBlobStore {
         Ok(MultipartId(id))
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, part = part_number))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, part = part_number), err(level = "debug"))]
     async fn put_part(
         &self,
         key: &str,
@@ -313,7 +313,7 @@ impl BlobStore for MemoryBlobStore {
         Ok(PartId { part_number, token })
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, parts = parts.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, parts = parts.len()), err(level = "debug"))]
     async fn complete_multipart(
         &self,
         key: &str,
@@ -362,7 +362,7 @@ impl BlobStore for MemoryBlobStore {
         Ok(result)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
     async fn abort_multipart(&self, key: &str, upload: &MultipartId) -> Result<()> {
         validate::object_key(BACKEND, key)?;
         // Aborting an unknown (or already finished) upload succeeds, like deleting an absent key.

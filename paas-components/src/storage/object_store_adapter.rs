@@ -21,6 +21,7 @@ use cloud_abstraction::storage::{
     PartId, PresignMethod, PutMode, PutOptions, PutResult, StorageCapabilities,
 };
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
+use futures::StreamExt;
 use object_store::MultipartUpload;
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::multipart::MultipartStore;
@@ -59,6 +60,11 @@ pub(crate) struct Flavor {
     pub(crate) capabilities: StorageCapabilities,
     /// Whether the server honours a list start offset exclusively (S3 `start-after`).
     pub(crate) server_list_offset: bool,
+    /// Whether the server drops an object whose key equals the list prefix (object_store's
+    /// Azure listing does): then the listing asks for the parent "directory" and filters.
+    pub(crate) list_from_parent: bool,
+    /// Whether the server takes suffix ranges (`bytes=-N`); Azure does not.
+    pub(crate) suffix_ranges: bool,
     /// Metadata name spelling.
     pub(crate) metadata_names: MetadataNames,
     /// The backend's low-level multipart API cannot carry content type and metadata (Azure's
@@ -240,7 +246,7 @@ impl ObjectStoreBlobStore {
         ObjectMeta {
             key: key.to_string(),
             size: meta.size,
-            etag: meta.e_tag.clone().unwrap_or_default(),
+            etag: meta.e_tag.as_deref().map(quoted).unwrap_or_default(),
             last_modified: SystemTime::from(meta.last_modified),
             content_type,
             metadata,
@@ -254,7 +260,9 @@ impl ObjectStoreBlobStore {
         result: object_store::PutResult,
     ) -> Result<PutResult> {
         match result.e_tag {
-            Some(etag) => Ok(PutResult { etag }),
+            Some(etag) => Ok(PutResult {
+                etag: quoted(&etag),
+            }),
             None => Err(Error::internal(
                 self.backend(),
                 format!("{op} of `{key}`: the server returned no ETag"),
@@ -326,6 +334,53 @@ impl ObjectStoreBlobStore {
     pub(crate) async fn get(&self, key: &str, options: GetOptions) -> Result<GetResult> {
         let span = self.span("get", key);
         async {
+            match &options.range {
+                Some(GetRange::Suffix(n))
+                    if *n > 0 && !self.flavor.suffix_ranges && self.flavor.capabilities.ranges =>
+                {
+                    self.get_suffix(key, &options, *n).await
+                }
+                _ => self.get_once(key, &options).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A suffix read on a server without suffix ranges (Azure): the size from a head, then a
+    /// bounded read pinned to the head's ETag, so both describe the same object version.
+    async fn get_suffix(&self, key: &str, options: &GetOptions, n: u64) -> Result<GetResult> {
+        for _ in 0..3 {
+            let meta = self.head(key).await?;
+            check_get_preconditions(self.backend(), key, options, &meta.etag)?;
+            let range = GetRange::Suffix(n).resolve(self.backend(), meta.size)?;
+            if range.is_empty() {
+                return Ok(GetResult {
+                    meta,
+                    range,
+                    data: Bytes::new(),
+                });
+            }
+            let pinned = GetOptions {
+                range: Some(GetRange::Bounded(range)),
+                if_match: Some(meta.etag.clone()),
+                if_none_match: None,
+            };
+            match self.get_once(key, &pinned).await {
+                // Overwritten between the head and the read: start again.
+                Err(e) if e.kind() == ErrorKind::PreconditionFailed => continue,
+                other => return other,
+            }
+        }
+        Err(Error::unavailable(
+            self.backend(),
+            format!("object `{key}` kept changing during a suffix read; try again"),
+        ))
+    }
+
+    async fn get_once(&self, key: &str, options: &GetOptions) -> Result<GetResult> {
+        {
+            let options = options.clone();
             let path = self.path(key)?;
             if !self.flavor.capabilities.conditional_get
                 && (options.if_match.is_some() || options.if_none_match.is_some())
@@ -344,7 +399,9 @@ impl ObjectStoreBlobStore {
                     ));
                 }
                 // HTTP cannot ask for zero bytes: resolve `bytes=-0` against the size instead.
-                Some(GetRange::Suffix(0)) => return self.get_empty_range(key, &options).await,
+                Some(GetRange::Suffix(0)) => {
+                    return self.get_empty_range(key, &options).await;
+                }
                 Some(GetRange::Bounded(r)) => Some(object_store::GetRange::Bounded(r.clone())),
                 Some(GetRange::Offset(o)) => Some(object_store::GetRange::Offset(*o)),
                 Some(GetRange::Suffix(n)) => Some(object_store::GetRange::Suffix(*n)),
@@ -362,7 +419,18 @@ impl ObjectStoreBlobStore {
                 Err(e) if options.range.is_some() && is_range_not_satisfiable(&e) => {
                     return self.get_empty_range(key, &options).await;
                 }
-                Err(e) => return Err(self.err("get", key, e)),
+                Err(e) => {
+                    let e = self.err("get", key, e);
+                    // Azure answers a failed If-Match on an absent blob with 412, not 404.
+                    if e.kind() == ErrorKind::PreconditionFailed && options.if_match.is_some() {
+                        if let Err(absent) = self.head(key).await {
+                            if absent.kind() == ErrorKind::NotFound {
+                                return Err(absent);
+                            }
+                        }
+                    }
+                    return Err(e);
+                }
             };
             let meta = self.meta(key, &result.meta, Some(&result.attributes));
             check_get_preconditions(self.backend(), key, &options, &meta.etag)?;
@@ -370,8 +438,6 @@ impl ObjectStoreBlobStore {
             let data = result.bytes().await.map_err(|e| self.err("get", key, e))?;
             Ok(GetResult { meta, range, data })
         }
-        .instrument(span)
-        .await
     }
 
     /// A ranged read the server cannot express: decided from the object's size alone.
@@ -451,7 +517,17 @@ impl ObjectStoreBlobStore {
                 (Some(a), Some(b)) => Some(a.max(b).clone()),
                 (a, b) => a.clone().or_else(|| b.clone()),
             };
-            let prefix = (!options.prefix.is_empty()).then_some(options.prefix.as_str());
+            let server_prefix = if self.flavor.list_from_parent {
+                // Up to and including the last `/`: no `/` is cut off, so delimiter grouping
+                // is unchanged; the client-side filter below applies the full prefix.
+                match options.prefix.rfind('/') {
+                    Some(i) => &options.prefix[..=i],
+                    None => "",
+                }
+            } else {
+                options.prefix.as_str()
+            };
+            let prefix = (!server_prefix.is_empty()).then_some(server_prefix);
             let mut objects = Vec::new();
             let mut common_prefixes = Vec::new();
             let mut entries = 0usize;
@@ -508,12 +584,15 @@ impl ObjectStoreBlobStore {
                     break;
                 }
             }
+            // Paging is decided on the listed keys (the token is the last one shown); a
+            // server that lists no ETags (s3s-fs) gets them filled in from heads.
             let last = objects
                 .last()
                 .map(|o: &ObjectMeta| o.key.clone())
                 .into_iter()
                 .chain(common_prefixes.last().cloned())
                 .max();
+            let objects = self.fill_missing_etags(objects).await?;
             Ok(ListPage {
                 objects,
                 common_prefixes,
@@ -522,6 +601,34 @@ impl ObjectStoreBlobStore {
         }
         .instrument(span)
         .await
+    }
+
+    /// Heads the listed objects that came without an ETag; one deleted in between is left
+    /// out, as a listing taken a moment later would.
+    async fn fill_missing_etags(&self, objects: Vec<ObjectMeta>) -> Result<Vec<ObjectMeta>> {
+        if objects.iter().all(|o| !o.etag.is_empty()) {
+            return Ok(objects);
+        }
+        let filled: Vec<Result<Option<ObjectMeta>>> = futures::stream::iter(objects)
+            .map(|object| async move {
+                if !object.etag.is_empty() {
+                    return Ok(Some(object));
+                }
+                match self.head(&object.key).await {
+                    Ok(head) => Ok(Some(ObjectMeta {
+                        // Listings carry no content type or metadata, headed or not.
+                        content_type: None,
+                        metadata: BTreeMap::new(),
+                        ..head
+                    })),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        filled.into_iter().filter_map(Result::transpose).collect()
     }
 
     pub(crate) async fn copy(
@@ -732,7 +839,9 @@ impl ObjectStoreBlobStore {
                     .await
                     .map_err(|e| self.err("complete_multipart", key, e))?;
                 return match result.e_tag {
-                    Some(etag) => Ok(PutResult { etag }),
+                    Some(etag) => Ok(PutResult {
+                        etag: quoted(&etag),
+                    }),
                     None => Ok(PutResult {
                         etag: self.head(key).await?.etag,
                     }),
@@ -750,7 +859,9 @@ impl ObjectStoreBlobStore {
                 .await
                 .map_err(|e| self.err("complete_multipart", key, e))?;
             match result.e_tag {
-                Some(etag) => Ok(PutResult { etag }),
+                Some(etag) => Ok(PutResult {
+                    etag: quoted(&etag),
+                }),
                 // Some servers omit it from CompleteMultipartUpload: read it back.
                 None => Ok(PutResult {
                     etag: self.head(key).await?.etag,
@@ -973,6 +1084,16 @@ fn check_get_preconditions(
     Ok(())
 }
 
+/// An ETag in its HTTP form, with quotes: Azure's listing returns them bare while its
+/// headers quote them, and one object must show one ETag everywhere.
+fn quoted(etag: &str) -> String {
+    if etag.starts_with('"') || etag.starts_with("W/") {
+        etag.to_string()
+    } else {
+        format!("\"{etag}\"")
+    }
+}
+
 /// ETags compare without their quotes, and `*` matches any.
 fn etag_eq(condition: &str, etag: &str) -> bool {
     condition == "*" || condition.trim_matches('"') == etag.trim_matches('"')
@@ -993,7 +1114,9 @@ fn conditional_put_error(mode: &PutMode, e: Error) -> Error {
 }
 
 fn is_range_not_satisfiable(e: &object_store::Error) -> bool {
-    http_status(e) == Some(416)
+    // 416 from the server, or object_store's own (private) range check when the server
+    // answered the whole object instead (Azurite does).
+    http_status(e) == Some(416) || error_chain(e).any(|s| s.contains("Wanted range starting at"))
 }
 
 fn error_chain(e: &object_store::Error) -> impl Iterator<Item = String> + '_ {
@@ -1054,7 +1177,9 @@ pub(crate) fn map_error(
         E::UnknownConfigurationKey { .. } => (ErrorKind::InvalidArgument, "bad configuration"),
         _ => match (http_error_kind(&e), http_status(&e)) {
             (Some(H::Timeout), _) => (ErrorKind::DeadlineExceeded, "timed out"),
-            (Some(H::Connect | H::Request | H::Interrupted), _) => (
+            // Any failure of the HTTP exchange itself (no complete response): the server or
+            // the network is the problem, and a retry may succeed.
+            (Some(H::Connect | H::Request | H::Interrupted | H::Decode | H::Unknown), _) => (
                 ErrorKind::Unavailable,
                 "server unreachable or connection lost",
             ),
@@ -1062,10 +1187,17 @@ pub(crate) fn map_error(
             (_, Some(416)) => (ErrorKind::InvalidArgument, "range not satisfiable"),
             (_, Some(s)) if s >= 500 => (ErrorKind::Unavailable, "server error"),
             (_, Some(400 | 411 | 413 | 414)) => (ErrorKind::InvalidArgument, "request rejected"),
-            (Some(H::Decode | H::Unknown), _) | (_, _) => (ErrorKind::Internal, "failed"),
+            _ => (ErrorKind::Internal, "failed"),
         },
     };
-    Error::new(kind, backend, format!("{op} `{key}`: {what}")).with_source(e)
+    let message = if kind == ErrorKind::Internal {
+        // Unclassified: keep the client's own words (request URL and server reply; requests
+        // are signed in headers, and object_store redacts URLs that carry a SAS token).
+        format!("{op} `{key}`: {what}: {e}")
+    } else {
+        format!("{op} `{key}`: {what}")
+    };
+    Error::new(kind, backend, message).with_source(e)
 }
 
 /// Builder settings shared by both backends: short connect timeout, bounded request time and

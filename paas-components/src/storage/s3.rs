@@ -149,6 +149,10 @@ impl S3BlobStore {
             backend: BACKEND,
             capabilities: Self::capabilities_for(conditional_put),
             server_list_offset: true,
+            list_from_parent: false,
+            // Suffix reads go through head + bounded read: s3s-fs fails `bytes=-N` with N
+            // larger than the object (500), and the extra round trip is cheap for a rare read.
+            suffix_ranges: false,
             metadata_names: MetadataNames::Verbatim,
             attributes_need_upload_handle: false,
         };

@@ -22,8 +22,13 @@ pub(crate) struct Bound {
 
 /// Solves a block's subproblem for item values `v` (parallel to `allowed`);
 /// returns the value and pushes the chosen positions (one per item).
-#[inline(never)]
-fn block_lb(inst: &Instance, b: &Block, v: &[f64], chosen: &mut Vec<u32>, scratch: &mut Vec<(f64, u32)>) -> f64 {
+fn block_lb(
+    inst: &Instance,
+    b: &Block,
+    v: &[f64],
+    chosen: &mut Vec<u32>,
+    scratch: &mut Vec<(f64, u32)>,
+) -> f64 {
     let n = b.n_items as usize;
     let (mut best, mut bp) = (f64::INFINITY, 0usize);
     for (p, &x) in v.iter().enumerate() {
@@ -73,8 +78,12 @@ fn block_lb(inst: &Instance, b: &Block, v: &[f64], chosen: &mut Vec<u32>, scratc
 
 /// Runs the subgradient method. `ub` is an upper bound estimate (a feasible
 /// cost if known), used by the Polyak step size.
-#[inline(never)]
-pub(crate) fn lagrangian(inst: &Instance, ub: Option<f64>, max_iter: u32, deadline: Option<Instant>) -> Bound {
+pub(crate) fn lagrangian(
+    inst: &Instance,
+    ub: Option<f64>,
+    max_iter: u32,
+    deadline: Option<Instant>,
+) -> Bound {
     let d = inst.dims;
     let nr = inst.regions.len();
     // Scale per dimension so that multipliers are comparable.
@@ -90,17 +99,15 @@ pub(crate) fn lagrangian(inst: &Instance, ub: Option<f64>, max_iter: u32, deadli
         lambda: vec![0.0; nr * d],
         iterations: 0,
     };
-    let mut step = 2.0f64;
+    let envf = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(d);
+    let mut step = envf("PB_STEP", 2.0);
+    let patience = envf("PB_PAT", 20.0) as u32;
     let mut since = 0u32;
     let mut v = Vec::new();
     let mut chosen = Vec::new();
     let mut scratch = Vec::new();
     let mut g = vec![0.0f64; nr * d];
     let mut ub = ub;
-    if std::env::var_os("PLACEMENT_DEBUG").is_some() {
-        let work: usize = inst.blocks.iter().map(|b| b.allowed.len()).sum();
-        eprintln!("[dbg] bound work per iteration {work}, blocks {}", inst.blocks.len());
-    }
     for it in 0..max_iter.max(1) {
         if it > 0 {
             if let Some(dl) = deadline {
@@ -110,9 +117,6 @@ pub(crate) fn lagrangian(inst: &Instance, ub: Option<f64>, max_iter: u32, deadli
             }
         }
         best.iterations = it + 1;
-        if it % 100 == 99 && std::env::var_os("PLACEMENT_DEBUG").is_some() {
-            eprintln!("[dbg] bound it {it} value {}", best.value);
-        }
         let lambda: Vec<f64> = (0..nr * d).map(|x| mu[x] / scale[x % d]).collect();
         let mut total = 0.0;
         // g = scaled load - scaled cap
@@ -150,7 +154,7 @@ pub(crate) fn lagrangian(inst: &Instance, ub: Option<f64>, max_iter: u32, deadli
         } else {
             since += 1;
         }
-        if since >= 20 {
+        if since >= patience {
             step *= 0.5;
             since = 0;
             if step < 1e-4 {

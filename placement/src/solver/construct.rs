@@ -30,7 +30,13 @@ pub(crate) fn construct(inst: &Instance, cap: &[f64], lambda: &[f64], warm: bool
         .map(|b| {
             let na = b.allowed.len().max(1);
             (0..d)
-                .map(|k| (0..b.allowed.len()).map(|p| b.demand[p * d + k]).sum::<f64>() / na as f64 / avg[k])
+                .map(|k| {
+                    (0..b.allowed.len())
+                        .map(|p| b.demand[p * d + k])
+                        .sum::<f64>()
+                        / na as f64
+                        / avg[k]
+                })
                 .fold(0.0, f64::max)
                 * (1.0 + 1.0 / na as f64)
         })
@@ -76,7 +82,8 @@ pub(crate) fn construct(inst: &Instance, cap: &[f64], lambda: &[f64], warm: bool
             for (p, &r) in b.allowed.iter().enumerate() {
                 let ru = r as usize;
                 // spread feasibility
-                let np = provs.len() as i64 + i64::from(!provs.contains(&inst.regions[ru].provider));
+                let np =
+                    provs.len() as i64 + i64::from(!provs.contains(&inst.regions[ru].provider));
                 let nreg = regs.len() as i64 + i64::from(!regs.contains(&r));
                 let mut hard = 0i64;
                 if np + remaining < b.spread_p as i64 {
@@ -87,7 +94,8 @@ pub(crate) fn construct(inst: &Instance, cap: &[f64], lambda: &[f64], warm: bool
                 }
                 for &o in &b.anti {
                     let ob = &inst.blocks[o as usize];
-                    if (ob.first_item..ob.first_item + ob.n_items).any(|x| assign[x as usize] == r) {
+                    if (ob.first_item..ob.first_item + ob.n_items).any(|x| assign[x as usize] == r)
+                    {
                         hard += 1;
                     }
                 }
@@ -107,7 +115,11 @@ pub(crate) fn construct(inst: &Instance, cap: &[f64], lambda: &[f64], warm: bool
                     let uc = &inst.units[u as usize];
                     for &e in &uc.edges {
                         let e = &inst.edges[e as usize];
-                        let (v, out) = if e.from == u { (e.to, true) } else { (e.from, false) };
+                        let (v, out) = if e.from == u {
+                            (e.to, true)
+                        } else {
+                            (e.from, false)
+                        };
                         let vc = &inst.units[v as usize];
                         let vb = &inst.blocks[vc.block as usize];
                         let mult = if vc.grouped { vc.replicas as f64 } else { 1.0 };
@@ -116,7 +128,11 @@ pub(crate) fn construct(inst: &Instance, cap: &[f64], lambda: &[f64], warm: bool
                             if rb == UNPLACED {
                                 continue;
                             }
-                            let pr = if out { inst.price(r, rb) } else { inst.price(rb, r) };
+                            let pr = if out {
+                                inst.price(r, rb)
+                            } else {
+                                inst.price(rb, r)
+                            };
                             score += e.factor * m as f64 * mult * pr;
                         }
                     }

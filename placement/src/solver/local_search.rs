@@ -31,7 +31,12 @@ fn time_up(l: &Limits) -> bool {
 /// Runs the search from `st` and returns the best solution found.
 pub(crate) fn search(st: &mut State<'_>, limits: Limits, rng: &mut Rng) -> Best {
     let n = st.inst.items.len();
-    let work: usize = st.inst.items.iter().map(|&b| st.inst.blocks[b as usize].allowed.len()).sum();
+    let work: usize = st
+        .inst
+        .items
+        .iter()
+        .map(|&b| st.inst.blocks[b as usize].allowed.len())
+        .sum();
     if n <= 5000 && work <= 100_000 {
         tabu(st, limits, rng)
     } else {
@@ -91,9 +96,14 @@ fn tabu(st: &mut State<'_>, limits: Limits, rng: &mut Rng) -> Best {
     let avg_allowed = (acc as f64 / n.max(1) as f64).max(1.0);
     let tenure_lo = 3 + (n as f64).sqrt() as u64 / 4;
     let tenure_span = 1 + (n as f64 * avg_allowed).sqrt() as u64 / 3;
-    let stall = (20 * n as u64).max(2000);
+    // Tuned on the OR-Library GAP instances (types C and D).
+    let (up, down) = (1.02, 0.98);
+    let stall = (5 * n as u64).max(500);
+    let tenure_lo = tenure_lo / 2;
+    let tenure_span = (tenure_span / 2).max(1);
+    let kick = 0.05;
     let full_swaps = n <= 400;
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    let swap_samples = 4 * n;
     let eps = 1e-9;
     while scans < limits.max_scans {
         if iter % 16 == 0 && time_up(&limits) {
@@ -102,7 +112,9 @@ fn tabu(st: &mut State<'_>, limits: Limits, rng: &mut Rng) -> Best {
         iter += 1;
         scans += n as u64;
         let cur_pen = st.penalty();
-        let aspire = |st: &State<'_>, v: f64, best: &Best| best.feasible && st.cost + cur_pen + v < best.cost - eps;
+        let aspire = |st: &State<'_>, v: f64, best: &Best| {
+            best.feasible && st.cost + cur_pen + v < best.cost - eps
+        };
         let mut bm: Option<(f64, Move)> = None;
         let mut ties = 0u32;
         let mut consider = |v: f64, m: Move, rng: &mut Rng, bm: &mut Option<(f64, Move)>| match bm {
@@ -132,38 +144,47 @@ fn tabu(st: &mut State<'_>, limits: Limits, rng: &mut Rng) -> Best {
                 consider(v, Move::Shift(i, q), rng, &mut bm);
             }
         }
-        pairs.clear();
+        let mut eval_swap = |i: usize,
+                             j: usize,
+                             st: &mut State<'_>,
+                             rng: &mut Rng,
+                             bm: &mut Option<(f64, Move)>| {
+            let Some(dl) = st.delta_swap(i, j) else {
+                return;
+            };
+            let v = st.value(dl);
+            if let Some((bv, _)) = bm {
+                if v > *bv + eps {
+                    return;
+                }
+            }
+            let (Some(qi), Some(qj)) =
+                (st.block(i).pos(st.assign[j]), st.block(j).pos(st.assign[i]))
+            else {
+                return;
+            };
+            let is_tabu = tabu_until[off[i] + qi] > iter || tabu_until[off[j] + qj] > iter;
+            if is_tabu && !aspire(st, v, &best) {
+                return;
+            }
+            consider(v, Move::Swap(i, j), rng, bm);
+        };
         if full_swaps {
             for i in 0..n {
                 for j in i + 1..n {
                     if st.assign[i] != st.assign[j] {
-                        pairs.push((i, j));
+                        eval_swap(i, j, st, rng, &mut bm);
                     }
                 }
             }
         } else {
-            for _ in 0..4 * n {
+            for _ in 0..swap_samples {
                 let i = rng.below(n);
                 let j = rng.below(n);
                 if i != j && st.assign[i] != st.assign[j] {
-                    pairs.push((i, j));
+                    eval_swap(i, j, st, rng, &mut bm);
                 }
             }
-        }
-        for k in 0..pairs.len() {
-            let (i, j) = pairs[k];
-            let Some(dl) = st.delta_swap(i, j) else { continue };
-            let v = st.value(dl);
-            let bi = st.block(i);
-            let bj = st.block(j);
-            let (Some(qi), Some(qj)) = (bi.pos(st.assign[j]), bj.pos(st.assign[i])) else {
-                continue;
-            };
-            let is_tabu = tabu_until[off[i] + qi] > iter || tabu_until[off[j] + qj] > iter;
-            if is_tabu && !aspire(st, v, &best) {
-                continue;
-            }
-            consider(v, Move::Swap(i, j), rng, &mut bm);
         }
         let Some((_, m)) = bm else { break };
         let tenure = |rng: &mut Rng| tenure_lo + rng.below(tenure_span as usize) as u64;
@@ -191,7 +212,7 @@ fn tabu(st: &mut State<'_>, limits: Limits, rng: &mut Rng) -> Best {
                 last_improve = iter;
             }
         }
-        update_weights(st, &w0, 1.1, 0.95);
+        update_weights(st, &w0, up, down);
         if iter - last_improve > stall && best.feasible {
             // Restart from the best solution with a random kick.
             st.apos.clone_from(&best.apos);
@@ -199,7 +220,7 @@ fn tabu(st: &mut State<'_>, limits: Limits, rng: &mut Rng) -> Best {
                 *a = inst.blocks[inst.items[i] as usize].allowed[st.apos[i] as usize];
             }
             st.recompute();
-            for _ in 0..(n / 20).max(2) {
+            for _ in 0..((n as f64 * kick) as usize).max(2) {
                 let i = rng.below(n);
                 let na = st.block(i).allowed.len();
                 if na > 1 {

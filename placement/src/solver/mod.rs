@@ -101,7 +101,7 @@ pub struct Solution {
 }
 
 /// Options of [`resolve`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ResolveOptions {
     /// Maximum number of replicas of existing units that may move, forced
     /// moves (out of regions that are down or gone) excluded. `None`: no limit.
@@ -111,16 +111,6 @@ pub struct ResolveOptions {
     pub move_penalty: Option<f64>,
     /// Solver options.
     pub solve: SolveOptions,
-}
-
-impl Default for ResolveOptions {
-    fn default() -> Self {
-        ResolveOptions {
-            migration_budget: None,
-            move_penalty: None,
-            solve: SolveOptions::default(),
-        }
-    }
 }
 
 /// A failure scenario for [`what_if`].
@@ -165,10 +155,16 @@ pub(crate) fn run(
     let a0 = construct::construct(inst, cap, &zeros, warm);
     let s0 = State::new(inst, cap.to_vec(), a0, move_penalty);
     let ub0 = s0.feasible().then_some(s0.cost);
-    if std::env::var_os("PLACEMENT_DEBUG").is_some() {
-        eprintln!("[dbg] t={:.3}s s0 built", start.elapsed().as_secs_f64());
-    }
-    let bound_deadline = deadline.map(|d| start + (d.saturating_duration_since(start)) / 4);
+    // Large instances (sweep search) profit more from a tight bound and its
+    // multipliers than from search time: give the bound 40% there, 25% else.
+    let work: usize = inst
+        .blocks
+        .iter()
+        .map(|b| b.allowed.len() * b.n_items as usize)
+        .sum();
+    let share = if work > 100_000 { 0.4 } else { 0.25 };
+    let bound_deadline =
+        deadline.map(|d| start + d.saturating_duration_since(start).mul_f64(share));
     let bnd = bound::lagrangian(inst, ub0, opts.bound_iterations, bound_deadline);
     let a1 = construct::construct(inst, cap, &bnd.lambda, warm);
     let s1 = State::new(inst, cap.to_vec(), a1, move_penalty);
@@ -177,13 +173,6 @@ pub(crate) fn run(
         (false, true) => true,
         _ => s1.cost + s1.penalty() <= s0.cost + s0.penalty(),
     };
-    let dbg = std::env::var_os("PLACEMENT_DEBUG").is_some();
-    if dbg {
-        eprintln!(
-            "[dbg] t={:.3}s bound={} it={} s0: feas={} cost={} s1: feas={} cost={}",
-            start.elapsed().as_secs_f64(), bnd.value, bnd.iterations, s0.feasible(), s0.cost, s1.feasible(), s1.cost
-        );
-    }
     let mut st = if pick1 { s1 } else { s0 };
     let best = local_search::search(
         &mut st,
@@ -193,9 +182,6 @@ pub(crate) fn run(
         },
         &mut rng,
     );
-    if dbg {
-        eprintln!("[dbg] t={:.3}s search: feas={} cost={} scans={}", start.elapsed().as_secs_f64(), best.feasible, best.cost, best.scans);
-    }
     RunResult {
         best,
         bound: bnd.value,
@@ -215,7 +201,12 @@ pub(crate) fn plan_of(inst: &Instance, assign: &[u32]) -> Plan {
     for u in &inst.units {
         let b = &inst.blocks[u.block as usize];
         let mut v: Vec<String> = if u.grouped {
-            vec![inst.regions[assign[b.first_item as usize] as usize].id.clone(); u.replicas as usize]
+            vec![
+                inst.regions[assign[b.first_item as usize] as usize]
+                    .id
+                    .clone();
+                u.replicas as usize
+            ]
         } else {
             (b.first_item..b.first_item + b.n_items)
                 .map(|it| inst.regions[assign[it as usize] as usize].id.clone())
@@ -351,8 +342,8 @@ fn solve_compiled(
     opts: &SolveOptions,
     warm: bool,
     move_penalty: f64,
+    start: Instant,
 ) -> Result<Solution, PlacementError> {
-    let start = Instant::now();
     let deadline = opts.time_limit.map(|t| start + t);
     let cap0: Vec<f64> = inst
         .regions
@@ -370,7 +361,9 @@ fn solve_compiled(
     }
     // Survivable: shrink the usable capacity until every single-provider
     // failure can be absorbed by the spare capacity of the others.
-    let scales = [1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35];
+    let scales = [
+        1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35,
+    ];
     let mut last_bound = f64::NEG_INFINITY;
     for (t, &s) in scales.iter().enumerate() {
         let sub_deadline = deadline.map(|d| {
@@ -400,7 +393,8 @@ fn solve_compiled(
     }
     Err(PlacementError::NoFeasiblePlanFound {
         violations: vec![
-            "no plan found whose spare capacity absorbs the failure of every single provider".into(),
+            "no plan found whose spare capacity absorbs the failure of every single provider"
+                .into(),
         ],
     })
 }
@@ -413,13 +407,10 @@ fn solve_compiled(
 /// infeasibility is proven, [`PlacementError::NoFeasiblePlanFound`] when the
 /// search ran out of budget without a feasible plan.
 pub fn solve(model: &Model, opts: &SolveOptions) -> Result<Solution, PlacementError> {
-    let t = Instant::now();
+    let start = Instant::now();
     let inst = compile(model)?;
-    if std::env::var_os("PLACEMENT_DEBUG").is_some() {
-        eprintln!("[dbg] compile {:.3}s", t.elapsed().as_secs_f64());
-    }
     let warm = model.units.iter().any(|u| !u.current.is_empty());
-    solve_compiled(model, &inst, opts, warm, 0.0)
+    solve_compiled(model, &inst, opts, warm, 0.0, start)
 }
 
 /// Re-plans after a change (capacity loss, provider or region down, units
@@ -428,7 +419,12 @@ pub fn solve(model: &Model, opts: &SolveOptions) -> Result<Solution, PlacementEr
 ///
 /// The returned cost includes the migration cost of the moves, computed
 /// against `previous` (the model used is `model.with_current_placement(previous)`).
-pub fn resolve(model: &Model, previous: &Plan, opts: &ResolveOptions) -> Result<Solution, PlacementError> {
+pub fn resolve(
+    model: &Model,
+    previous: &Plan,
+    opts: &ResolveOptions,
+) -> Result<Solution, PlacementError> {
+    let start = Instant::now();
     let m = model.with_current_placement(previous);
     let mut inst = compile(&m)?;
     inst.budget = opts.migration_budget;
@@ -455,17 +451,24 @@ pub fn resolve(model: &Model, previous: &Plan, opts: &ResolveOptions) -> Result<
     };
     if opts.migration_budget.is_some() || mp > 0.0 {
         for b in &mut inst.blocks {
-            if b.members.iter().any(|&(u, _)| inst.units[u as usize].cur_total > 0) {
+            if b.members
+                .iter()
+                .any(|&(u, _)| inst.units[u as usize].cur_total > 0)
+            {
                 b.coupled = true;
             }
         }
     }
-    solve_compiled(&m, &inst, &opts.solve, true, mp)
+    solve_compiled(&m, &inst, &opts.solve, true, mp, start)
 }
 
 /// Plans the model, then re-plans it as if `failure` happened (the failed
 /// provider or region is marked down and the replicas there must move).
-pub fn what_if(model: &Model, failure: &Failure, opts: &SolveOptions) -> Result<WhatIf, PlacementError> {
+pub fn what_if(
+    model: &Model,
+    failure: &Failure,
+    opts: &SolveOptions,
+) -> Result<WhatIf, PlacementError> {
     let failed = match failure {
         Failure::Provider(p) => {
             if !model.providers.iter().any(|x| &x.id == p) {
@@ -491,4 +494,93 @@ pub fn what_if(model: &Model, failure: &Failure, opts: &SolveOptions) -> Result<
         before,
         after,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rng::Rng;
+    use super::state::{State, evaluate};
+    use crate::model::{Model, Traffic};
+    use crate::synthetic::{SyntheticSpec, generate};
+    use crate::validate::compile;
+
+    fn coupled_model() -> Model {
+        let mut m = generate(&SyntheticSpec::new(12, 6, 9));
+        let ids: Vec<String> = m.units.iter().map(|u| u.id.clone()).collect();
+        for i in 0..ids.len() - 1 {
+            m.traffic.push(Traffic {
+                from: ids[i].clone(),
+                to: ids[i + 1].clone(),
+                gb: 10.0 + i as f64,
+            });
+        }
+        let regions: Vec<String> = m.regions().map(|(_, r)| r.id.clone()).collect();
+        m.units[0].current = vec![regions[0].clone(), regions[1].clone()];
+        m.units[0].migration_cost = 3.0;
+        m.units[1].anti_affinity = vec![ids[2].clone()];
+        m.units[3].colocate = Some("g".into());
+        m.units[3].spread = None;
+        m.units[4].colocate = Some("g".into());
+        m.units[4].spread = None;
+        m.units[4].require_labels = m.units[3].require_labels.clone();
+        m.units[3].replicas = 1;
+        m.units[4].replicas = 1;
+        m
+    }
+
+    #[test]
+    fn incremental_deltas_match_full_recomputation() {
+        let m = coupled_model();
+        let inst = compile(&m).expect("valid model");
+        let cap: Vec<f64> = inst.regions.iter().flat_map(|r| r.cap.clone()).collect();
+        let apos = vec![0u32; inst.items.len()];
+        let mut st = State::new(&inst, cap, apos, 0.5);
+        let mut rng = Rng::new(5);
+        for _ in 0..400 {
+            let i = rng.below(inst.items.len());
+            let na = st.block(i).allowed.len();
+            let q = rng.below(na);
+            let before_cost = st.cost;
+            let before_hard = st.hard;
+            let d = st.apply_shift(i, q);
+            let full = evaluate(&inst, &st.assign).total;
+            assert!(
+                (before_cost + d.cost - full).abs() < 1e-6,
+                "cost delta mismatch"
+            );
+            let mut fresh = st.clone();
+            fresh.recompute();
+            assert_eq!(fresh.hard, before_hard + d.hard, "hard delta mismatch");
+            assert_eq!(fresh.hard, st.hard);
+            st.cost = full;
+            let j = rng.below(inst.items.len());
+            if let Some(ds) = st.delta_swap(i, j) {
+                let mut t = st.clone();
+                let (ri, rj) = (t.assign[i], t.assign[j]);
+                let qi = t.block(i).pos(rj).expect("allowed");
+                let qj = t.block(j).pos(ri).expect("allowed");
+                t.apply_shift(i, qi);
+                t.apply_shift(j, qj);
+                let after = evaluate(&inst, &t.assign).total;
+                assert!(
+                    (st.cost + ds.cost - after).abs() < 1e-6,
+                    "swap delta mismatch"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_in_range() {
+        let mut a = Rng::new(42);
+        let mut b = Rng::new(42);
+        for _ in 0..1000 {
+            let x = a.below(7);
+            assert_eq!(x, b.below(7));
+            assert!(x < 7);
+            let u = a.unit();
+            assert_eq!(u, b.unit());
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
 }

@@ -56,7 +56,12 @@ fn exc(load: f64, cap: f64) -> f64 {
 
 impl<'a> State<'a> {
     /// Builds a state from item positions (index into the block's allowed list).
-    pub(crate) fn new(inst: &'a Instance, cap: Vec<f64>, apos: Vec<u32>, move_penalty: f64) -> Self {
+    pub(crate) fn new(
+        inst: &'a Instance,
+        cap: Vec<f64>,
+        apos: Vec<u32>,
+        move_penalty: f64,
+    ) -> Self {
         let d = inst.dims;
         let nr = inst.regions.len();
         let tol = cap.iter().map(|c| 1e-9 * c.abs().max(1.0)).collect();
@@ -77,7 +82,9 @@ impl<'a> State<'a> {
                 let n = b.allowed.len() as f64;
                 cs += b.n_items as f64 * b.cost.iter().sum::<f64>() / n;
                 ds += b.n_items as f64
-                    * (0..b.allowed.len()).map(|p| b.demand[p * d + k]).sum::<f64>()
+                    * (0..b.allowed.len())
+                        .map(|p| b.demand[p * d + k])
+                        .sum::<f64>()
                     / n;
             }
             let v = if ds > 0.0 && cs > 0.0 { cs / ds } else { 1.0 };
@@ -267,7 +274,9 @@ impl<'a> State<'a> {
         let short = |have: usize, need: u32| (need as i64 - have as i64).max(0);
         let (rb, ra) = (nr + usize::from(!in_r1), nr + usize::from(!in_r2));
         let (pb, pa) = (np + usize::from(!in_p1), np + usize::from(!in_p2));
-        short(pa, b.spread_p) + short(ra, b.spread_r) - short(pb, b.spread_p) - short(rb, b.spread_r)
+        short(pa, b.spread_p) + short(ra, b.spread_r)
+            - short(pb, b.spread_p)
+            - short(rb, b.spread_r)
     }
 
     /// Change of moved replicas of unit `u` (carrying `m` replicas per item)
@@ -515,7 +524,10 @@ impl<'a> State<'a> {
             }
             for &o in &b.anti {
                 let ob = &inst.blocks[o as usize];
-                if self.items_of(b).any(|it| self.count_in(ob, self.assign[it]) > 0) {
+                if self
+                    .items_of(b)
+                    .any(|it| self.count_in(ob, self.assign[it]) > 0)
+                {
                     v.push(format!("anti-affinity {} / {}", b.name, ob.name));
                 }
             }

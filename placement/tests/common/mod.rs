@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 
 use cloud_placement::model::*;
 
+/// Resource map.
 pub fn res(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
+/// A region with cpu capacity, price and jurisdiction.
 pub fn region(id: &str, cpu: f64, price: f64, jur: &str) -> Region {
     Region {
         id: id.into(),
@@ -16,11 +18,15 @@ pub fn region(id: &str, cpu: f64, price: f64, jur: &str) -> Region {
         price: res(&[("cpu", price), ("memory", price / 10.0)]),
         labels: BTreeMap::from([("jurisdiction".to_string(), jur.to_string())]),
         certifications: vec!["iso27001".into()],
-        latency_ms: BTreeMap::from([("eu-users".to_string(), if jur == "eu" { 15.0 } else { 90.0 })]),
+        latency_ms: BTreeMap::from([(
+            "eu-users".to_string(),
+            if jur == "eu" { 15.0 } else { 90.0 },
+        )]),
         ..Region::default()
     }
 }
 
+/// A unit with cpu demand.
 pub fn unit(id: &str, cpu: f64, replicas: u32) -> Unit {
     Unit {
         id: id.into(),

@@ -1,0 +1,129 @@
+//! Placement solver benchmarks, each against the greedy (Karmada-like)
+//! baseline in the same run.
+//!
+//! 1. OR-Library GAP instances gapa-gapd (minimisation), 1 s per instance;
+//!    data from `$GAP_DATA_DIR` or `../../shared/data/gap` relative to this crate.
+//! 2. Synthetic instances (seeded generator of `cloud-placement`):
+//!    1,000 / 10,000 / 100,000 units x 10 / 100 regions, 2 dimensions, spread
+//!    over 2 providers, 85% of the capacity used. Time limits 1 s / 2 s / 20 s.
+//!
+//! Criterion only times; the gaps (to the optimum for GAP, to the lower bound
+//! for synthetic instances) are printed on standard error once per instance
+//! for both the solver and the baseline. Set `PLACEMENT_BENCH_QUICK=1` to skip
+//! the 100,000-unit instances.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cloud_placement::gap::parse_gap;
+use cloud_placement::greedy::greedy_baseline;
+use cloud_placement::report::{gap_optimum, locate_gap_dir, solve_gap};
+use cloud_placement::synthetic::{SyntheticSpec, generate};
+use cloud_placement::{SolveOptions, solve};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn gap(c: &mut Criterion) {
+    let Some(dir) = locate_gap_dir(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+        eprintln!("placement/gap: GAP data not found (set GAP_DATA_DIR); skipped");
+        return;
+    };
+    let mut group = c.benchmark_group("placement/gap");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(Duration::from_secs(5));
+    for t in ['a', 'b', 'c', 'd'] {
+        let Ok(text) = std::fs::read_to_string(dir.join(format!("gap{t}.txt"))) else {
+            continue;
+        };
+        let Ok(instances) = parse_gap(&text) else { continue };
+        let opts = SolveOptions::with_time_limit(Duration::from_secs(1));
+        // Gap report (one run), solver and baseline.
+        for (i, gi) in instances.iter().enumerate() {
+            let name = format!("gap{t}-{}", i + 1);
+            let opt = gap_optimum(&name).unwrap_or(f64::NAN);
+            let s = solve_gap(&name, gi, &opts);
+            let g = greedy_baseline(&gi.to_model());
+            eprintln!(
+                "placement/gap {name}: solver {} ({}), greedy {}",
+                s.as_ref().map_or("failed".into(), |r| format!("{}", r.cost)),
+                s.as_ref().map_or("-".into(), |r| format!("gap {:.3}%", 100.0 * (r.cost - opt) / opt)),
+                g.as_ref().map_or("no feasible plan".into(), |b| format!(
+                    "{} (gap {:.3}%)",
+                    b.cost.total,
+                    100.0 * (b.cost.total - opt) / opt
+                )),
+            );
+        }
+        group.bench_function(format!("solver-1s/gap{t}"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    for (i, gi) in instances.iter().enumerate() {
+                        let _ = solve_gap(&format!("gap{t}-{}", i + 1), gi, &opts);
+                    }
+                }
+                start.elapsed()
+            })
+        });
+        let models: Vec<_> = instances.iter().map(|gi| gi.to_model()).collect();
+        group.bench_function(format!("greedy/gap{t}"), |b| {
+            b.iter(|| {
+                for m in &models {
+                    let _ = greedy_baseline(m);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn synthetic(c: &mut Criterion) {
+    let quick = std::env::var_os("PLACEMENT_BENCH_QUICK").is_some();
+    let mut group = c.benchmark_group("placement/synthetic");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(100));
+    for (units, regions, secs) in [
+        (1_000, 10, 1.0),
+        (1_000, 100, 1.0),
+        (10_000, 10, 2.0),
+        (10_000, 100, 2.0),
+        (100_000, 10, 20.0),
+        (100_000, 100, 20.0),
+    ] {
+        if quick && units >= 100_000 {
+            continue;
+        }
+        let model = generate(&SyntheticSpec::new(units, regions, 7));
+        let mut opts = SolveOptions::with_time_limit(Duration::from_secs_f64(secs));
+        opts.explain = false;
+        let t = Instant::now();
+        let s = solve(&model, &opts);
+        let st = t.elapsed().as_secs_f64();
+        let g = greedy_baseline(&model);
+        match &s {
+            Ok(s) => eprintln!(
+                "placement/synthetic {units}x{regions}: solver cost {:.2} bound {:.2} gap {:.3}% in {st:.2}s; greedy {}",
+                s.cost.total,
+                s.lower_bound,
+                100.0 * s.gap,
+                g.as_ref().map_or("no feasible plan".into(), |b| format!(
+                    "cost {:.2} gap {:.3}%",
+                    b.cost.total,
+                    100.0 * (b.cost.total - s.lower_bound) / b.cost.total
+                ))
+            ),
+            Err(e) => eprintln!("placement/synthetic {units}x{regions}: solver error {e}"),
+        }
+        group.measurement_time(Duration::from_secs_f64(secs * 11.0));
+        group.bench_function(format!("solver/{units}x{regions}"), |b| {
+            b.iter(|| solve(&model, &opts).map(|s| s.cost.total))
+        });
+        group.bench_function(format!("greedy/{units}x{regions}"), |b| {
+            b.iter(|| greedy_baseline(&model).map(|s| s.cost.total))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gap, synthetic);
+criterion_main!(benches);
