@@ -16,7 +16,8 @@ use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 
 /// Metrics outermost, then retry, then a per-attempt timeout.
-type Resilience = ServiceBuilder<Stack<TimeoutLayer, Stack<RetryLayer, Stack<MetricsLayer, Identity>>>>;
+type Resilience =
+    ServiceBuilder<Stack<TimeoutLayer, Stack<RetryLayer, Stack<MetricsLayer, Identity>>>>;
 
 fn stack() -> Resilience {
     ServiceBuilder::new()
@@ -26,28 +27,49 @@ fn stack() -> Resilience {
 }
 
 fn bridge(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let payload = Bytes::from(vec![7u8; 4096]);
 
     let direct: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
-    let bare_bridge = layers::blob_store(Arc::new(MemoryBlobStore::new()), tower::layer::util::Identity::new());
+    let bare_bridge = layers::blob_store(
+        Arc::new(MemoryBlobStore::new()),
+        tower::layer::util::Identity::new(),
+    );
     let layered = layers::blob_store(Arc::new(MemoryBlobStore::new()), stack());
     for store in [&direct, &bare_bridge, &layered] {
-        rt.block_on(store.put_bytes("vehicles/v1/state", payload.clone())).expect("seed");
+        rt.block_on(store.put_bytes("vehicles/v1/state", payload.clone()))
+            .expect("seed");
     }
 
     let mut group = c.benchmark_group("bridge/blob_get_4KiB");
-    for (name, store) in [("direct", &direct), ("service", &bare_bridge), ("service+metrics+retry+timeout", &layered)] {
+    for (name, store) in [
+        ("direct", &direct),
+        ("service", &bare_bridge),
+        ("service+metrics+retry+timeout", &layered),
+    ] {
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async { store.get_bytes("vehicles/v1/state").await.expect("get") })
+            b.to_async(&rt)
+                .iter(|| async { store.get_bytes("vehicles/v1/state").await.expect("get") })
         });
     }
     group.finish();
 
     let mut group = c.benchmark_group("bridge/blob_put_4KiB");
-    for (name, store) in [("direct", &direct), ("service", &bare_bridge), ("service+metrics+retry+timeout", &layered)] {
+    for (name, store) in [
+        ("direct", &direct),
+        ("service", &bare_bridge),
+        ("service+metrics+retry+timeout", &layered),
+    ] {
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async { store.put_bytes("vehicles/v1/state", payload.clone()).await.expect("put") })
+            b.to_async(&rt).iter(|| async {
+                store
+                    .put_bytes("vehicles/v1/state", payload.clone())
+                    .await
+                    .expect("put")
+            })
         });
     }
     group.finish();
@@ -56,12 +78,17 @@ fn bridge(c: &mut Criterion) {
     let docs_layered = layers::document_store(Arc::new(MemoryDocumentStore::new()), stack());
     let doc = json!({"vehicle": "WVW-0001", "kind": "unlock", "status": "queued"});
     for store in [&docs_direct, &docs_layered] {
-        rt.block_on(store.put("commands", "c1", doc.clone(), PutDocumentOptions::default())).expect("seed");
+        rt.block_on(store.put("commands", "c1", doc.clone(), PutDocumentOptions::default()))
+            .expect("seed");
     }
     let mut group = c.benchmark_group("bridge/document_get");
-    for (name, store) in [("direct", &docs_direct), ("service+metrics+retry+timeout", &docs_layered)] {
+    for (name, store) in [
+        ("direct", &docs_direct),
+        ("service+metrics+retry+timeout", &docs_layered),
+    ] {
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async { store.get("commands", "c1").await.expect("get") })
+            b.to_async(&rt)
+                .iter(|| async { store.get("commands", "c1").await.expect("get") })
         });
     }
     group.finish();

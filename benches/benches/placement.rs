@@ -35,7 +35,9 @@ fn gap(c: &mut Criterion) {
         let Ok(text) = std::fs::read_to_string(dir.join(format!("gap{t}.txt"))) else {
             continue;
         };
-        let Ok(instances) = parse_gap(&text) else { continue };
+        let Ok(instances) = parse_gap(&text) else {
+            continue;
+        };
         let opts = SolveOptions::with_time_limit(Duration::from_secs(1));
         // Gap report (one run), solver and baseline.
         for (i, gi) in instances.iter().enumerate() {
@@ -45,8 +47,12 @@ fn gap(c: &mut Criterion) {
             let g = greedy_baseline(&gi.to_model());
             eprintln!(
                 "placement/gap {name}: solver {} ({}), greedy {}",
-                s.as_ref().map_or("failed".into(), |r| format!("{}", r.cost)),
-                s.as_ref().map_or("-".into(), |r| format!("gap {:.3}%", 100.0 * (r.cost - opt) / opt)),
+                s.as_ref()
+                    .map_or("failed".into(), |r| format!("{}", r.cost)),
+                s.as_ref().map_or("-".into(), |r| format!(
+                    "gap {:.3}%",
+                    100.0 * (r.cost - opt) / opt
+                )),
                 g.as_ref().map_or("no feasible plan".into(), |b| format!(
                     "{} (gap {:.3}%)",
                     b.cost.total,

@@ -45,8 +45,13 @@ fn main() {
     let collection = "bench";
     let doc = json!({"vin": "WVW00000000000001", "km": 12345, "owner": {"country": "DE"},
                      "tags": ["a", "b"], "battery": 0.87});
-    rt.block_on(adapter.put(collection, "get-me", doc.clone(), PutDocumentOptions::default()))
-        .expect("seed");
+    rt.block_on(adapter.put(
+        collection,
+        "get-me",
+        doc.clone(),
+        PutDocumentOptions::default(),
+    ))
+    .expect("seed");
 
     // The statements the adapter runs (see the module docs of postgres.rs).
     let get_sql = format!(
@@ -98,7 +103,12 @@ fn main() {
         g.bench_function("adapter", |b| {
             b.to_async(&rt).iter(|| async {
                 adapter
-                    .put(collection, "put-a", doc.clone(), PutDocumentOptions::default())
+                    .put(
+                        collection,
+                        "put-a",
+                        doc.clone(),
+                        PutDocumentOptions::default(),
+                    )
                     .await
                     .expect("put");
             })

@@ -100,7 +100,9 @@ mod operation_request_impls {
                 // fails on the retry: not idempotent. Multipart creation would leak uploads.
                 BlobRequest::Put { options, .. } => options.mode == PutMode::Overwrite,
                 BlobRequest::Copy { options, .. } => !options.if_not_exists,
-                BlobRequest::CreateMultipart { .. } | BlobRequest::CompleteMultipart { .. } => false,
+                BlobRequest::CreateMultipart { .. } | BlobRequest::CompleteMultipart { .. } => {
+                    false
+                }
                 _ => true,
             }
         }
@@ -138,7 +140,9 @@ mod operation_request_impls {
             match self {
                 // A publish with a producer id is de-duplicated by the queue.
                 QueueRequest::Publish { message, .. } => message.id.is_some(),
-                QueueRequest::PublishBatch { messages, .. } => messages.iter().all(|m| m.id.is_some()),
+                QueueRequest::PublishBatch { messages, .. } => {
+                    messages.iter().all(|m| m.id.is_some())
+                }
                 // A lost receive answer leaves messages leased until their deadline: safe,
                 // they come back.
                 _ => true,

@@ -45,7 +45,11 @@ pub struct CopyOptions {
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        Self { overwrite: true, verify: true, page_size: 500 }
+        Self {
+            overwrite: true,
+            verify: true,
+            page_size: 500,
+        }
     }
 }
 
@@ -131,7 +135,8 @@ pub async fn copy_blobs(
                 Err(e) => return Err(e),
             };
             let same_metadata = !to.capabilities().metadata
-                || (a.meta.content_type == b.meta.content_type && a.meta.metadata == b.meta.metadata);
+                || (a.meta.content_type == b.meta.content_type
+                    && a.meta.metadata == b.meta.metadata);
             if a.data == b.data && same_metadata {
                 report.verified += 1;
             } else {
@@ -184,9 +189,19 @@ pub async fn copy_collection(
                         Err(_) => continue,
                     },
                 };
-                let size = serde_json::to_vec(&doc.value).map(|v| v.len() as u64).unwrap_or(0);
-                to.put(collection, &doc.id, doc.value.clone(), PutDocumentOptions { ttl, ..PutDocumentOptions::default() })
-                    .await?;
+                let size = serde_json::to_vec(&doc.value)
+                    .map(|v| v.len() as u64)
+                    .unwrap_or(0);
+                to.put(
+                    collection,
+                    &doc.id,
+                    doc.value.clone(),
+                    PutDocumentOptions {
+                        ttl,
+                        ..PutDocumentOptions::default()
+                    },
+                )
+                .await?;
                 report.copied += 1;
                 report.bytes += size;
                 state.bytes += size;

@@ -18,7 +18,9 @@
 //! listing the known ones. Applications add their own schemes with [`register_blob_store`] and
 //! friends. URLs are never printed with their secrets (see [`ResourceUrl`]).
 
-use cloud_abstraction::{BlobStore, Compute, DocumentStore, Error, ErrorKind, MessageQueue, ResourceUrl, Result};
+use cloud_abstraction::{
+    BlobStore, Compute, DocumentStore, Error, ErrorKind, MessageQueue, ResourceUrl, Result,
+};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -50,7 +52,11 @@ fn custom<T: ?Sized>(pick: impl FnOnce(&Openers) -> Option<Opener<T>>) -> Option
     pick(&guard)
 }
 
-fn register<T: ?Sized>(pick: impl FnOnce(&mut Openers) -> &mut BTreeMap<String, Opener<T>>, scheme: &str, opener: Opener<T>) {
+fn register<T: ?Sized>(
+    pick: impl FnOnce(&mut Openers) -> &mut BTreeMap<String, Opener<T>>,
+    scheme: &str,
+    opener: Opener<T>,
+) {
     let mut guard = openers().write().unwrap_or_else(|e| e.into_inner());
     pick(&mut guard).insert(scheme.to_ascii_lowercase(), opener);
 }
@@ -76,6 +82,8 @@ pub fn register_compute(scheme: &str, opener: Opener<dyn Compute>) {
     register(|o| &mut o.compute, scheme, opener);
 }
 
+// Unused only when every backend feature is compiled in.
+#[allow(dead_code)]
 fn not_compiled(url: &ResourceUrl, feature: &str) -> Error {
     Error::new(
         ErrorKind::Unsupported,
@@ -101,7 +109,11 @@ fn unknown(url: &ResourceUrl, what: &str, known: &[&str]) -> Error {
 /// The instance name of a `mem://name` URL (`None` for a fresh, unshared instance).
 #[cfg(feature = "memory")]
 fn memory_name(url: &ResourceUrl) -> Option<String> {
-    let name = format!("{}{}", url.host().unwrap_or(""), url.path().trim_start_matches('/'));
+    let name = format!(
+        "{}{}",
+        url.host().unwrap_or(""),
+        url.path().trim_start_matches('/')
+    );
     (!name.is_empty()).then_some(name)
 }
 
@@ -128,8 +140,11 @@ pub async fn open_blob_store(url: &str) -> Result<Arc<dyn BlobStore>> {
         "mem" => {
             #[cfg(feature = "memory")]
             {
-                static SHARED: OnceLock<std::sync::Mutex<BTreeMap<String, Arc<dyn BlobStore>>>> = OnceLock::new();
-                Ok(shared(&SHARED, memory_name(&url), || Arc::new(crate::storage::MemoryBlobStore::new())))
+                static SHARED: OnceLock<std::sync::Mutex<BTreeMap<String, Arc<dyn BlobStore>>>> =
+                    OnceLock::new();
+                Ok(shared(&SHARED, memory_name(&url), || {
+                    Arc::new(crate::storage::MemoryBlobStore::new())
+                }))
             }
             #[cfg(not(feature = "memory"))]
             Err(not_compiled(&url, "memory"))
@@ -139,7 +154,10 @@ pub async fn open_blob_store(url: &str) -> Result<Arc<dyn BlobStore>> {
             {
                 let path = url.path();
                 if path.is_empty() || path == "/" {
-                    return Err(Error::invalid("registry", "file:// URL needs a directory path, e.g. file:///var/lib/app/blobs"));
+                    return Err(Error::invalid(
+                        "registry",
+                        "file:// URL needs a directory path, e.g. file:///var/lib/app/blobs",
+                    ));
                 }
                 Ok(Arc::new(crate::storage::LocalBlobStore::open(path)?))
             }
@@ -149,7 +167,9 @@ pub async fn open_blob_store(url: &str) -> Result<Arc<dyn BlobStore>> {
         "s3" => {
             #[cfg(feature = "s3")]
             {
-                Ok(Arc::new(crate::storage::S3BlobStore::from_url(url.expose())?))
+                Ok(Arc::new(crate::storage::S3BlobStore::from_url(
+                    url.expose(),
+                )?))
             }
             #[cfg(not(feature = "s3"))]
             Err(not_compiled(&url, "s3"))
@@ -157,7 +177,9 @@ pub async fn open_blob_store(url: &str) -> Result<Arc<dyn BlobStore>> {
         "azure" => {
             #[cfg(feature = "azure")]
             {
-                Ok(Arc::new(crate::storage::AzureBlobStore::from_url(url.expose())?))
+                Ok(Arc::new(crate::storage::AzureBlobStore::from_url(
+                    url.expose(),
+                )?))
             }
             #[cfg(not(feature = "azure"))]
             Err(not_compiled(&url, "azure"))
@@ -176,8 +198,12 @@ pub async fn open_document_store(url: &str) -> Result<Arc<dyn DocumentStore>> {
         "mem" => {
             #[cfg(feature = "memory")]
             {
-                static SHARED: OnceLock<std::sync::Mutex<BTreeMap<String, Arc<dyn DocumentStore>>>> = OnceLock::new();
-                Ok(shared(&SHARED, memory_name(&url), || Arc::new(crate::database::MemoryDocumentStore::new())))
+                static SHARED: OnceLock<
+                    std::sync::Mutex<BTreeMap<String, Arc<dyn DocumentStore>>>,
+                > = OnceLock::new();
+                Ok(shared(&SHARED, memory_name(&url), || {
+                    Arc::new(crate::database::MemoryDocumentStore::new())
+                }))
             }
             #[cfg(not(feature = "memory"))]
             Err(not_compiled(&url, "memory"))
@@ -185,7 +211,9 @@ pub async fn open_document_store(url: &str) -> Result<Arc<dyn DocumentStore>> {
         "sqlite" => {
             #[cfg(feature = "sqlite")]
             {
-                Ok(Arc::new(crate::database::SqliteDocumentStore::connect(url.expose()).await?))
+                Ok(Arc::new(
+                    crate::database::SqliteDocumentStore::connect(url.expose()).await?,
+                ))
             }
             #[cfg(not(feature = "sqlite"))]
             Err(not_compiled(&url, "sqlite"))
@@ -193,7 +221,9 @@ pub async fn open_document_store(url: &str) -> Result<Arc<dyn DocumentStore>> {
         "postgres" | "postgresql" => {
             #[cfg(feature = "postgres")]
             {
-                Ok(Arc::new(crate::database::PostgresDocumentStore::connect(url.expose()).await?))
+                Ok(Arc::new(
+                    crate::database::PostgresDocumentStore::connect(url.expose()).await?,
+                ))
             }
             #[cfg(not(feature = "postgres"))]
             Err(not_compiled(&url, "postgres"))
@@ -201,7 +231,9 @@ pub async fn open_document_store(url: &str) -> Result<Arc<dyn DocumentStore>> {
         "mysql" | "mariadb" => {
             #[cfg(feature = "mysql")]
             {
-                Ok(Arc::new(crate::database::MysqlDocumentStore::connect(url.expose()).await?))
+                Ok(Arc::new(
+                    crate::database::MysqlDocumentStore::connect(url.expose()).await?,
+                ))
             }
             #[cfg(not(feature = "mysql"))]
             Err(not_compiled(&url, "mysql"))
@@ -209,12 +241,18 @@ pub async fn open_document_store(url: &str) -> Result<Arc<dyn DocumentStore>> {
         "redis" => {
             #[cfg(feature = "redis")]
             {
-                Ok(Arc::new(crate::database::RedisDocumentStore::connect(url.expose()).await?))
+                Ok(Arc::new(
+                    crate::database::RedisDocumentStore::connect(url.expose()).await?,
+                ))
             }
             #[cfg(not(feature = "redis"))]
             Err(not_compiled(&url, "redis"))
         }
-        _ => Err(unknown(&url, "document store", &["mem", "sqlite", "postgres", "mysql", "mariadb", "redis"])),
+        _ => Err(unknown(
+            &url,
+            "document store",
+            &["mem", "sqlite", "postgres", "mysql", "mariadb", "redis"],
+        )),
     }
 }
 
@@ -228,8 +266,11 @@ pub async fn open_queue(url: &str) -> Result<Arc<dyn MessageQueue>> {
         "mem" => {
             #[cfg(feature = "memory")]
             {
-                static SHARED: OnceLock<std::sync::Mutex<BTreeMap<String, Arc<dyn MessageQueue>>>> = OnceLock::new();
-                Ok(shared(&SHARED, memory_name(&url), || Arc::new(crate::queue::MemoryQueue::new())))
+                static SHARED: OnceLock<std::sync::Mutex<BTreeMap<String, Arc<dyn MessageQueue>>>> =
+                    OnceLock::new();
+                Ok(shared(&SHARED, memory_name(&url), || {
+                    Arc::new(crate::queue::MemoryQueue::new())
+                }))
             }
             #[cfg(not(feature = "memory"))]
             Err(not_compiled(&url, "memory"))
@@ -237,7 +278,9 @@ pub async fn open_queue(url: &str) -> Result<Arc<dyn MessageQueue>> {
         "sqlite" => {
             #[cfg(feature = "sqlite")]
             {
-                Ok(Arc::new(crate::queue::SqliteQueue::connect(url.expose()).await?))
+                Ok(Arc::new(
+                    crate::queue::SqliteQueue::connect(url.expose()).await?,
+                ))
             }
             #[cfg(not(feature = "sqlite"))]
             Err(not_compiled(&url, "sqlite"))

@@ -19,7 +19,8 @@ use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
 
 /// Metrics outermost, then retry, then a per-attempt timeout.
-type Resilience = ServiceBuilder<Stack<TimeoutLayer, Stack<RetryLayer, Stack<MetricsLayer, Identity>>>>;
+type Resilience =
+    ServiceBuilder<Stack<TimeoutLayer, Stack<RetryLayer, Stack<MetricsLayer, Identity>>>>;
 
 fn stack() -> Resilience {
     ServiceBuilder::new()
@@ -63,7 +64,9 @@ fn storage_model_through_layers() {
 
 #[tokio::test]
 async fn layered_backend_keeps_info_and_capabilities() {
-    let inner = Arc::new(MemoryBlobStore::new().with_location(cloud_abstraction::Location::new("aws", "eu-west-1")));
+    let inner = Arc::new(
+        MemoryBlobStore::new().with_location(cloud_abstraction::Location::new("aws", "eu-west-1")),
+    );
     let layered = layers::blob_store(inner.clone(), stack());
     assert_eq!(layered.info(), inner.info());
     assert_eq!(layered.capabilities(), inner.capabilities());
@@ -78,10 +81,16 @@ async fn fault_injection_takes_a_backend_down_and_back() {
     let faults = FaultInjector::new(7);
     let inner = Arc::new(MemoryBlobStore::new());
     let store = layers::blob_store(inner.clone(), faults.layer());
-    store.put_bytes("a", Bytes::from_static(b"1")).await.unwrap();
+    store
+        .put_bytes("a", Bytes::from_static(b"1"))
+        .await
+        .unwrap();
 
     faults.set_down(true);
-    let err = store.put_bytes("b", Bytes::from_static(b"2")).await.unwrap_err();
+    let err = store
+        .put_bytes("b", Bytes::from_static(b"2"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(err.is_retryable());
     // An injected failure never reached the backend: nothing was written.
@@ -98,16 +107,29 @@ async fn retry_recovers_idempotent_calls_from_transient_faults() {
     let store = layers::blob_store(
         Arc::new(MemoryBlobStore::new()),
         ServiceBuilder::new()
-            .layer(RetryLayer::new(10).with_backoff(Duration::from_millis(1), Duration::from_millis(5)))
+            .layer(
+                RetryLayer::new(10)
+                    .with_backoff(Duration::from_millis(1), Duration::from_millis(5)),
+            )
             .layer(faults.layer()),
     );
     faults.set_error_rate(0.5);
     for i in 0..50 {
         // Overwrites and reads are idempotent: every one succeeds despite 50% failures.
-        store.put_bytes(&format!("k{i}"), Bytes::from(vec![i as u8])).await.unwrap();
-        assert_eq!(store.get_bytes(&format!("k{i}")).await.unwrap(), vec![i as u8]);
+        store
+            .put_bytes(&format!("k{i}"), Bytes::from(vec![i as u8]))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_bytes(&format!("k{i}")).await.unwrap(),
+            vec![i as u8]
+        );
     }
-    assert!(faults.injected() > 20, "faults were injected: {}", faults.injected());
+    assert!(
+        faults.injected() > 20,
+        "faults were injected: {}",
+        faults.injected()
+    );
 }
 
 #[tokio::test]
@@ -115,19 +137,28 @@ async fn retry_leaves_non_idempotent_writes_alone() {
     let faults = FaultInjector::new(1);
     let store = layers::blob_store(
         Arc::new(MemoryBlobStore::new()),
-        ServiceBuilder::new().layer(RetryLayer::new(5)).layer(faults.layer()),
+        ServiceBuilder::new()
+            .layer(RetryLayer::new(5))
+            .layer(faults.layer()),
     );
     faults.set_down(true);
-    let err = store.put("once", Bytes::from_static(b"x"), PutOptions::create()).await.unwrap_err();
+    let err = store
+        .put("once", Bytes::from_static(b"x"), PutOptions::create())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     // Exactly one attempt: a create-only put is not retried blindly.
     assert_eq!(faults.injected(), 1);
 
     let docs = layers::document_store(
         Arc::new(MemoryDocumentStore::new()),
-        ServiceBuilder::new().layer(RetryLayer::new(5)).layer(FaultInjector::new(2).layer()),
+        ServiceBuilder::new()
+            .layer(RetryLayer::new(5))
+            .layer(FaultInjector::new(2).layer()),
     );
-    docs.put("c", "d", json!({"x": 1}), PutDocumentOptions::default()).await.unwrap();
+    docs.put("c", "d", json!({"x": 1}), PutDocumentOptions::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -136,7 +167,9 @@ async fn timeout_layer_gives_retryable_deadline_exceeded() {
     faults.set_latency(Duration::from_secs(5));
     let store = layers::blob_store(
         Arc::new(MemoryBlobStore::new()),
-        ServiceBuilder::new().layer(TimeoutLayer::new(Duration::from_millis(100))).layer(faults.layer()),
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::new(Duration::from_millis(100)))
+            .layer(faults.layer()),
     );
     let started = Instant::now();
     let result = store.get_bytes("missing").await;

@@ -323,7 +323,8 @@ pub trait BlobStore: Debug + Send + Sync + 'static {
     /// Deletes an object; deleting an absent key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
 
-    /// Lists one page of keys (see [`BlobStoreExt::list`] for a stream over all pages).
+    /// Lists one page of keys (see [`list_stream`] for a stream over all pages, and
+    /// [`BlobStoreExt::list_all`] to collect them).
     async fn list_page(&self, options: ListOptions) -> Result<ListPage>;
 
     /// Copies an object within the store (content, content type and metadata).

@@ -112,7 +112,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(USAGE.into());
     };
     let model = Model::from_path(path)?;
-    let mut opts = SolveOptions::with_time_limit(Duration::from_secs_f64(args.time_limit.unwrap_or(2.0)));
+    let mut opts =
+        SolveOptions::with_time_limit(Duration::from_secs_f64(args.time_limit.unwrap_or(2.0)));
     opts.seed = args.seed;
     opts.survivable = args.survivable;
     let sol = solve(&model, &opts)?;
@@ -128,7 +129,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "\nchecker: {} (recomputed cost {:.4})",
-        if rep.is_feasible() { "feasible" } else { "VIOLATIONS" },
+        if rep.is_feasible() {
+            "feasible"
+        } else {
+            "VIOLATIONS"
+        },
         rep.cost.total
     );
     for v in &rep.violations {
@@ -155,8 +160,14 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Failure::Region(p.clone())
         };
-        let w = what_if(&model, &failure, &opts)?;
         println!("\n== what if {p} fails\n");
+        let w = match what_if(&model, &failure, &opts) {
+            Ok(w) => w,
+            Err(e) => {
+                println!("no re-plan possible: {e}");
+                return Ok(());
+            }
+        };
         print!("{}", render_solution(&w.failed_model, &w.after));
         println!(
             "\ncost before {:.4}, after {:.4} (delta {:+.4}), {} replica(s) moved",

@@ -21,10 +21,14 @@
 
 use bytes::Bytes;
 use cloud_abstraction::compute::{ComputeExt, RestartPolicy, WorkloadSpec};
-use cloud_abstraction::database::{DocumentStoreExt, Filter, PutDocumentOptions, Query, WriteCondition};
+use cloud_abstraction::database::{
+    DocumentStoreExt, Filter, PutDocumentOptions, Query, WriteCondition,
+};
 use cloud_abstraction::queue::{GroupOptions, Message, ReceiveOptions};
 use cloud_abstraction::storage::BlobStoreExt;
-use cloud_abstraction::{BlobStore, DocumentStore, Error, ErrorKind, MessageQueue, ResourceUrl, Result};
+use cloud_abstraction::{
+    BlobStore, DocumentStore, Error, ErrorKind, MessageQueue, ResourceUrl, Result,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +37,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const COLLECTION: &str = "commands";
 const TOPIC: &str = "vehicle-commands";
 const GROUP: &str = "workers";
-const VEHICLES: &[&str] = &["WVW-0001", "WVW-0002", "WVW-0003", "WVW-0004", "WVW-0005", "WVW-0006"];
+const VEHICLES: &[&str] = &[
+    "WVW-0001", "WVW-0002", "WVW-0003", "WVW-0004", "WVW-0005", "WVW-0006",
+];
 const KINDS: &[&str] = &["unlock", "lock", "start-climate"];
 
 struct Backends {
@@ -61,7 +67,10 @@ impl Urls {
     fn from_env(tmp: &std::path::Path) -> Self {
         let var = |name: &str, default: String| std::env::var(name).unwrap_or(default);
         Self {
-            documents: var("DOCUMENTS_URL", format!("sqlite://{}/documents.db", tmp.display())),
+            documents: var(
+                "DOCUMENTS_URL",
+                format!("sqlite://{}/documents.db", tmp.display()),
+            ),
             queue: var("QUEUE_URL", format!("sqlite://{}/queue.db", tmp.display())),
             blobs: var("BLOBS_URL", format!("file://{}/blobs", tmp.display())),
             compute: var("COMPUTE_URL", "process://".to_string()),
@@ -70,7 +79,9 @@ impl Urls {
 }
 
 fn redact(url: &str) -> String {
-    ResourceUrl::parse(url).map(|u| u.to_string()).unwrap_or_else(|_| "<invalid URL>".into())
+    ResourceUrl::parse(url)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| "<invalid URL>".into())
 }
 
 fn env_number(name: &str, default: u32, max: u32) -> Result<u32> {
@@ -78,7 +89,10 @@ fn env_number(name: &str, default: u32, max: u32) -> Result<u32> {
         Err(_) => Ok(default),
         Ok(v) => match v.parse::<u32>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(Error::invalid("portable-service", format!("{name} must be a number from 1 to {max}, got `{v}`"))),
+            _ => Err(Error::invalid(
+                "portable-service",
+                format!("{name} must be a number from 1 to {max}, got `{v}`"),
+            )),
         },
     }
 }
@@ -90,7 +104,14 @@ async fn run_worker(backends: &Backends, worker: &str, idle_exit: Duration) -> R
     loop {
         let batch = backends
             .queue
-            .receive(TOPIC, GROUP, ReceiveOptions { max_messages: 4, wait: Duration::from_millis(500) })
+            .receive(
+                TOPIC,
+                GROUP,
+                ReceiveOptions {
+                    max_messages: 4,
+                    wait: Duration::from_millis(500),
+                },
+            )
             .await?;
         if batch.is_empty() {
             if idle_since.elapsed() > idle_exit {
@@ -111,7 +132,10 @@ async fn run_worker(backends: &Backends, worker: &str, idle_exit: Duration) -> R
                 backends.queue.ack(TOPIC, GROUP, &message.receipt).await?;
                 continue;
             }
-            let vehicle = doc.value["vehicle"].as_str().unwrap_or("unknown").to_string();
+            let vehicle = doc.value["vehicle"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string();
             let telemetry = json!({
                 "command": command_id,
                 "vehicle": vehicle,
@@ -121,14 +145,22 @@ async fn run_worker(backends: &Backends, worker: &str, idle_exit: Duration) -> R
                 "at_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
             });
             let key = format!("telemetry/{vehicle}/{command_id}.json");
-            backends.blobs.put_bytes(&key, Bytes::from(telemetry.to_string())).await?;
+            backends
+                .blobs
+                .put_bytes(&key, Bytes::from(telemetry.to_string()))
+                .await?;
             let mut value = doc.value.clone();
             value["status"] = json!("done");
             value["executed_by"] = json!(worker);
             value["telemetry"] = json!(key);
             match backends
                 .documents
-                .put(COLLECTION, &command_id, value, PutDocumentOptions::if_revision(doc.revision))
+                .put(
+                    COLLECTION,
+                    &command_id,
+                    value,
+                    PutDocumentOptions::if_revision(doc.revision),
+                )
                 .await
             {
                 Ok(_) => done += 1,
@@ -145,7 +177,8 @@ async fn worker_main() -> Result<()> {
     let tmp = std::env::temp_dir();
     let urls = Urls::from_env(&tmp);
     let backends = open_backends(&urls).await?;
-    let name = std::env::var("WORKER_NAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
+    let name =
+        std::env::var("WORKER_NAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
     let done = run_worker(&backends, &name, Duration::from_secs(3600)).await?;
     println!("{name}: executed {done} commands");
     Ok(())
@@ -154,7 +187,12 @@ async fn worker_main() -> Result<()> {
 async fn service_main() -> Result<()> {
     let started = Instant::now();
     let tmp = std::env::temp_dir().join(format!("portable-service-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::internal("portable-service", format!("cannot create {}: {e}", tmp.display())))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| {
+        Error::internal(
+            "portable-service",
+            format!("cannot create {}: {e}", tmp.display()),
+        )
+    })?;
     let urls = Urls::from_env(&tmp);
     let commands = env_number("COMMANDS", 24, 10_000)?;
     let workers = env_number("WORKERS", 2, 64)?;
@@ -163,37 +201,88 @@ async fn service_main() -> Result<()> {
     let compute = paas_components::open_compute(&urls.compute).await?;
     let simulated = compute.capabilities().simulated;
     if !simulated {
-        for (name, url) in [("DOCUMENTS_URL", &urls.documents), ("QUEUE_URL", &urls.queue), ("BLOBS_URL", &urls.blobs)] {
+        for (name, url) in [
+            ("DOCUMENTS_URL", &urls.documents),
+            ("QUEUE_URL", &urls.queue),
+            ("BLOBS_URL", &urls.blobs),
+        ] {
             if url.starts_with("mem:") {
                 return Err(Error::invalid(
                     "portable-service",
-                    format!("{name}=mem:// cannot be shared with worker processes; use sqlite:// / file:// or COMPUTE_URL=sim://"),
+                    format!(
+                        "{name}=mem:// cannot be shared with worker processes; use sqlite:// / file:// or COMPUTE_URL=sim://"
+                    ),
                 ));
             }
         }
     }
 
     println!("portable-service: connected-vehicle commands");
-    println!("  documents: {}  ({})", redact(&urls.documents), backends.documents.info().location);
-    println!("  queue:     {}  ({})", redact(&urls.queue), backends.queue.info().location);
-    println!("  blobs:     {}  ({})", redact(&urls.blobs), backends.blobs.info().location);
-    println!("  compute:   {}{}", redact(&urls.compute), if simulated { "  (simulated: workers run in-process)" } else { "" });
+    println!(
+        "  documents: {}  ({})",
+        redact(&urls.documents),
+        backends.documents.info().location
+    );
+    println!(
+        "  queue:     {}  ({})",
+        redact(&urls.queue),
+        backends.queue.info().location
+    );
+    println!(
+        "  blobs:     {}  ({})",
+        redact(&urls.blobs),
+        backends.blobs.info().location
+    );
+    println!(
+        "  compute:   {}{}",
+        redact(&urls.compute),
+        if simulated {
+            "  (simulated: workers run in-process)"
+        } else {
+            ""
+        }
+    );
 
     backends.queue.create_topic(TOPIC).await?;
     backends
         .queue
-        .create_group(TOPIC, GROUP, GroupOptions { ack_deadline: Duration::from_secs(10), max_attempts: Some(5), dead_letter_topic: None })
+        .create_group(
+            TOPIC,
+            GROUP,
+            GroupOptions {
+                ack_deadline: Duration::from_secs(10),
+                max_attempts: Some(5),
+                dead_letter_topic: None,
+            },
+        )
         .await?;
 
     // A run id keeps repeated runs against shared servers apart.
-    let run = format!("{:x}", SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0));
+    let run = format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
     let mut ids = Vec::new();
     for i in 0..commands as usize {
         let id = format!("cmd-{run}-{i:04}");
         let vehicle = VEHICLES[i % VEHICLES.len()];
         let doc = json!({"run": run, "vehicle": vehicle, "kind": KINDS[i % KINDS.len()], "status": "queued", "seq": i});
-        backends.documents.put(COLLECTION, &id, doc, PutDocumentOptions::create()).await?;
-        backends.queue.publish(TOPIC, Message::new(id.clone()).with_id(id.clone()).with_attribute("vehicle", vehicle)).await?;
+        backends
+            .documents
+            .put(COLLECTION, &id, doc, PutDocumentOptions::create())
+            .await?;
+        backends
+            .queue
+            .publish(
+                TOPIC,
+                Message::new(id.clone())
+                    .with_id(id.clone())
+                    .with_attribute("vehicle", vehicle),
+            )
+            .await?;
         ids.push(id);
     }
     println!("issued {commands} commands for {} vehicles", VEHICLES.len());
@@ -208,7 +297,9 @@ async fn service_main() -> Result<()> {
             }));
         }
     } else {
-        let exe = std::env::current_exe().map_err(|e| Error::internal("portable-service", format!("cannot find own binary: {e}")))?;
+        let exe = std::env::current_exe().map_err(|e| {
+            Error::internal("portable-service", format!("cannot find own binary: {e}"))
+        })?;
         let spec = WorkloadSpec::command(&workload, exe.to_string_lossy())
             .with_args(["worker"])
             .with_env("DOCUMENTS_URL", &urls.documents)
@@ -218,8 +309,14 @@ async fn service_main() -> Result<()> {
             .with_replicas(workers)
             .with_restart(RestartPolicy::OnFailure);
         compute.apply(spec).await?;
-        let status = compute.wait_ready(&workload, Duration::from_secs(30)).await?;
-        println!("started {} worker processes through {}", status.ready_replicas, compute.info().backend);
+        let status = compute
+            .wait_ready(&workload, Duration::from_secs(30))
+            .await?;
+        println!(
+            "started {} worker processes through {}",
+            status.ready_replicas,
+            compute.info().backend
+        );
     }
 
     // Wait until every command document says done.
@@ -227,7 +324,12 @@ async fn service_main() -> Result<()> {
     let done = loop {
         let done = backends
             .documents
-            .query_all(COLLECTION, Query::all().filter(Filter::eq("run", run.clone())).filter(Filter::eq("status", "done")))
+            .query_all(
+                COLLECTION,
+                Query::all()
+                    .filter(Filter::eq("run", run.clone()))
+                    .filter(Filter::eq("status", "done")),
+            )
             .await?;
         if done.len() == ids.len() || Instant::now() > deadline {
             break done;
@@ -237,7 +339,9 @@ async fn service_main() -> Result<()> {
 
     let mut per_worker: BTreeMap<String, usize> = BTreeMap::new();
     for doc in &done {
-        *per_worker.entry(doc.value["executed_by"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        *per_worker
+            .entry(doc.value["executed_by"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
     }
     let mut blobs = 0;
     for vehicle in VEHICLES {
@@ -250,14 +354,19 @@ async fn service_main() -> Result<()> {
 
     if simulated {
         for task in local_workers {
-            task.await.map_err(|e| Error::internal("portable-service", format!("worker task failed: {e}")))??;
+            task.await.map_err(|e| {
+                Error::internal("portable-service", format!("worker task failed: {e}"))
+            })??;
         }
     } else {
         compute.delete(&workload).await?;
     }
     // Leave shared servers as we found them.
     for id in &ids {
-        backends.documents.delete(COLLECTION, id, WriteCondition::Any).await?;
+        backends
+            .documents
+            .delete(COLLECTION, id, WriteCondition::Any)
+            .await?;
     }
 
     println!("summary:");
@@ -267,10 +376,17 @@ async fn service_main() -> Result<()> {
         println!("    by {worker}: {n}");
     }
     println!("  telemetry blobs:    {blobs}");
-    println!("  elapsed:            {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "  elapsed:            {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let _ = std::fs::remove_dir_all(&tmp);
     if done.len() != ids.len() || blobs != ids.len() {
-        return Err(Error::new(ErrorKind::DeadlineExceeded, "portable-service", format!("only {} of {} commands completed", done.len(), ids.len())));
+        return Err(Error::new(
+            ErrorKind::DeadlineExceeded,
+            "portable-service",
+            format!("only {} of {} commands completed", done.len(), ids.len()),
+        ));
     }
     println!("ok");
     Ok(())
@@ -279,7 +395,11 @@ async fn service_main() -> Result<()> {
 #[tokio::main]
 async fn main() {
     let worker = std::env::args().nth(1).as_deref() == Some("worker");
-    let result = if worker { worker_main().await } else { service_main().await };
+    let result = if worker {
+        worker_main().await
+    } else {
+        service_main().await
+    };
     if let Err(e) = result {
         eprintln!("portable-service: {e}");
         std::process::exit(1);

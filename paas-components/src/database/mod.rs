@@ -16,15 +16,15 @@
 
 // One line per backend; each backend is one file named after it.
 #[cfg(feature = "memory")]
-mod memory;
+pub mod memory;
 #[cfg(feature = "mysql")]
-mod mysql;
+pub mod mysql;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub mod postgres;
 #[cfg(feature = "redis")]
-mod redis;
+pub mod redis;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub mod sqlite;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisDocumentStore;

@@ -54,7 +54,11 @@ impl FaultInjector {
 
     /// Fails this fraction (0.0 to 1.0) of calls at random.
     pub fn set_error_rate(&self, rate: f64) {
-        let rate = if rate.is_finite() { rate.clamp(0.0, 1.0) } else { 0.0 };
+        let rate = if rate.is_finite() {
+            rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self.with(|s| s.error_rate = rate);
     }
 
@@ -70,7 +74,9 @@ impl FaultInjector {
 
     /// A layer whose services obey this injector.
     pub fn layer(&self) -> FaultLayer {
-        FaultLayer { injector: self.clone() }
+        FaultLayer {
+            injector: self.clone(),
+        }
     }
 
     fn decide(&self) -> (bool, Duration) {
@@ -93,7 +99,10 @@ pub struct FaultLayer {
 impl<S> Layer<S> for FaultLayer {
     type Service = FaultService<S>;
     fn layer(&self, inner: S) -> FaultService<S> {
-        FaultService { inner, injector: self.injector.clone() }
+        FaultService {
+            inner,
+            injector: self.injector.clone(),
+        }
     }
 }
 

@@ -55,7 +55,12 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let operation = request.operation();
-        let span = tracing::debug_span!("cloud_call", kind = Req::KIND, operation, resource = request.resource());
+        let span = tracing::debug_span!(
+            "cloud_call",
+            kind = Req::KIND,
+            operation,
+            resource = request.resource()
+        );
         let started = Instant::now();
         let call = self.inner.call(request);
         Box::pin(

@@ -38,13 +38,19 @@ pub use metrics::{MetricsLayer, MetricsService};
 pub use retry::{RetryLayer, RetryPolicy};
 pub use timeout::{Timeout, TimeoutLayer};
 
-use cloud_abstraction::compute::service::{ComputeRequest, ComputeResponse, ComputeService, ServiceCompute};
+use cloud_abstraction::compute::service::{
+    ComputeRequest, ComputeResponse, ComputeService, ServiceCompute,
+};
 use cloud_abstraction::database::service::{
     DocumentRequest, DocumentResponse, DocumentStoreService, ServiceDocumentStore,
 };
-use cloud_abstraction::queue::service::{MessageQueueService, QueueRequest, QueueResponse, ServiceMessageQueue};
+use cloud_abstraction::queue::service::{
+    MessageQueueService, QueueRequest, QueueResponse, ServiceMessageQueue,
+};
 use cloud_abstraction::service_util::{BoxError, OperationRequest};
-use cloud_abstraction::storage::service::{BlobRequest, BlobResponse, BlobStoreService, ServiceBlobStore};
+use cloud_abstraction::storage::service::{
+    BlobRequest, BlobResponse, BlobStoreService, ServiceBlobStore,
+};
 use cloud_abstraction::{BlobStore, Compute, DocumentStore, MessageQueue};
 use std::sync::Arc;
 use tower::{Layer, Service};

@@ -2,8 +2,8 @@ use super::LayerRequest;
 use cloud_abstraction::Error;
 use futures::future::BoxFuture;
 use std::time::Duration;
-use tower::retry::{Policy, Retry};
 use tower::Layer;
+use tower::retry::{Policy, Retry};
 
 /// Retries retryable failures ([`Error::is_retryable`]) with exponential back-off and jitter.
 ///
@@ -62,7 +62,11 @@ pub struct RetryPolicy {
 impl<Req: LayerRequest, Res> Policy<Req, Res, Error> for RetryPolicy {
     type Future = BoxFuture<'static, ()>;
 
-    fn retry(&mut self, request: &mut Req, result: &mut Result<Res, Error>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        request: &mut Req,
+        result: &mut Result<Res, Error>,
+    ) -> Option<Self::Future> {
         let error = result.as_ref().err()?;
         if self.remaining == 0 || !error.is_retryable() {
             return None;

@@ -22,7 +22,10 @@ impl TimeoutLayer {
 impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
     fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout { inner, limit: self.limit }
+        Timeout {
+            inner,
+            limit: self.limit,
+        }
     }
 }
 
@@ -57,7 +60,10 @@ where
                 Err(_) => Err(Error::new(
                     ErrorKind::DeadlineExceeded,
                     "timeout",
-                    format!("{} `{operation}` did not finish within {limit:?}", Req::KIND),
+                    format!(
+                        "{} `{operation}` did not finish within {limit:?}",
+                        Req::KIND
+                    ),
                 )),
             }
         })

@@ -18,9 +18,9 @@
 //! extend of a message that is no longer pending.
 
 #[cfg(feature = "memory")]
-mod memory;
+pub mod memory;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub mod sqlite;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryQueue;

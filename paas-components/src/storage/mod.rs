@@ -9,21 +9,21 @@
 //! Every backend passes the conformance kit in `cloud_abstraction::testkit::storage`.
 
 #[cfg(feature = "memory")]
-mod memory;
+pub mod memory;
 #[cfg(feature = "memory")]
 pub use memory::MemoryBlobStore;
 
 #[cfg(feature = "local")]
-mod local;
+pub mod local;
 #[cfg(feature = "local")]
 pub use local::LocalBlobStore;
 
 #[cfg(feature = "azure")]
-mod azure;
+pub mod azure;
 #[cfg(any(feature = "s3", feature = "azure"))]
 mod object_store_adapter;
 #[cfg(feature = "s3")]
-mod s3;
+pub mod s3;
 #[cfg(feature = "azure")]
 pub use azure::AzureBlobStore;
 #[cfg(feature = "s3")]

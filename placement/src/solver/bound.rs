@@ -99,9 +99,12 @@ pub(crate) fn lagrangian(
         lambda: vec![0.0; nr * d],
         iterations: 0,
     };
-    let envf = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(d);
-    let mut step = envf("PB_STEP", 2.0);
-    let patience = envf("PB_PAT", 20.0) as u32;
+    // Step-size schedule (Polyak factor halved after `patience` iterations
+    // without progress); shortened when the time budget allows only a few
+    // iterations (estimated from the first one).
+    let mut step = 2.0f64;
+    let mut patience = 20u32;
+    let t0 = Instant::now();
     let mut since = 0u32;
     let mut v = Vec::new();
     let mut chosen = Vec::new();
@@ -142,6 +145,16 @@ pub(crate) fn lagrangian(
                 let r = b.allowed[p as usize] as usize;
                 for k in 0..d {
                     g[r * d + k] += b.demand[p as usize * d + k] / scale[k];
+                }
+            }
+        }
+        if it == 0 {
+            if let Some(dl) = deadline {
+                let per = t0.elapsed().as_secs_f64().max(1e-9);
+                let est = (dl.saturating_duration_since(t0).as_secs_f64() / per) as u32;
+                if est < max_iter && est < 300 {
+                    patience = (est / 15).clamp(3, 20);
+                    step = 1.0;
                 }
             }
         }
