@@ -7,4 +7,4 @@ bash .ci/services.sh
 # shellcheck disable=SC1091
 source .ci/env
 export REQUIRE_SERVERS=1
-cargo test --workspace --all-features "$@"
+cargo test --workspace --all-features --no-fail-fast "$@"

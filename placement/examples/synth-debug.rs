@@ -27,11 +27,13 @@ fn main() {
     let t = Instant::now();
     match solve(&model, &opts) {
         Ok(s) => println!(
-            "cost {} bound {} gap {:.3}% time {:.2}s",
+            "cost {} bound {} gap {:.3}% time {:.2}s bound_iters {} scans {}",
             s.cost.total,
             s.lower_bound,
             100.0 * s.gap,
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            s.stats.bound_iterations,
+            s.stats.scans
         ),
         Err(e) => println!("error {e}"),
     }

@@ -110,6 +110,8 @@ pub(crate) fn lagrangian(
     let mut chosen = Vec::new();
     let mut scratch = Vec::new();
     let mut g = vec![0.0f64; nr * d];
+    let mut dir = vec![0.0f64; nr * d];
+    let mut deflect = 0.0f64;
     let mut ub = ub;
     for it in 0..max_iter.max(1) {
         if it > 0 {
@@ -129,12 +131,31 @@ pub(crate) fn lagrangian(
         }
         for b in &inst.blocks {
             v.clear();
-            for (p, &r) in b.allowed.iter().enumerate() {
-                let mut x = b.cost[p];
-                for k in 0..d {
-                    x += lambda[r as usize * d + k] * b.demand[p * d + k];
-                }
-                v.push(x);
+            // Hot loop: iterators (no bounds checks, accumulator in a register).
+            if d == 2 {
+                v.extend(
+                    b.allowed
+                        .iter()
+                        .zip(&b.cost)
+                        .zip(b.demand.chunks_exact(2))
+                        .map(|((&r, &c), dm)| {
+                            let l = &lambda[r as usize * 2..r as usize * 2 + 2];
+                            c + l[0] * dm[0] + l[1] * dm[1]
+                        }),
+                );
+            } else if d == 0 {
+                v.extend_from_slice(&b.cost);
+            } else {
+                v.extend(
+                    b.allowed
+                        .iter()
+                        .zip(&b.cost)
+                        .zip(b.demand.chunks_exact(d))
+                        .map(|((&r, &c), dm)| {
+                            let l = &lambda[r as usize * d..r as usize * d + d];
+                            l.iter().zip(dm).fold(c, |x, (a, b)| x + a * b)
+                        }),
+                );
             }
             if v.is_empty() {
                 continue;
@@ -155,6 +176,9 @@ pub(crate) fn lagrangian(
                 if est < max_iter && est < 300 {
                     patience = (est / 15).clamp(3, 20);
                     step = 1.0;
+                    // Few iterations: deflect each step with half the
+                    // previous direction, which damps zig-zagging.
+                    deflect = 0.5;
                 }
             }
         }
@@ -176,9 +200,12 @@ pub(crate) fn lagrangian(
         }
         let mut norm = 0.0;
         for x in 0..nr * d {
+            // Deflected subgradient: damp zig-zagging with the previous direction.
+            g[x] += deflect * dir[x];
             if mu[x] <= 0.0 && g[x] < 0.0 {
                 g[x] = 0.0;
             }
+            dir[x] = g[x];
             norm += g[x] * g[x];
         }
         if norm <= 1e-18 {
