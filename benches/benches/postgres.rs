@@ -3,7 +3,7 @@
 //! statement (the baseline), on the same server in the same run, each on a pool with the same
 //! settings. Ratio = adapter time / sqlx time (target <= 1.05).
 //!
-//! The server URL is `POSTGRES_BENCH_URL`, else `POSTGRES_URL`, else the SERVICES.md default
+//! The server URL is `POSTGRES_BENCH_URL`, else `POSTGRES_TEST_URL`, else the SERVICES.md default
 //! `postgres://postgres@127.0.0.1:5432/test`; without a server the bench says so and exits.
 //! It works in a table of its own and drops it at the end.
 
@@ -20,7 +20,7 @@ const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 fn main() {
     let url = std::env::var("POSTGRES_BENCH_URL")
-        .or_else(|_| std::env::var("POSTGRES_URL"))
+        .or_else(|_| std::env::var("POSTGRES_TEST_URL"))
         .unwrap_or_else(|_| DEFAULT_URL.to_string());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let table = format!("bench_docs_{}", std::process::id());

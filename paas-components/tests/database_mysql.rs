@@ -20,7 +20,7 @@ use support::TcpProxy;
 const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
 async fn url() -> Option<String> {
-    support::server_url("MYSQL_URL", DEFAULT_URL, "127.0.0.1:3306").await
+    support::server_url("MYSQL_TEST_URL", DEFAULT_URL, "127.0.0.1:3306").await
 }
 
 fn table() -> String {

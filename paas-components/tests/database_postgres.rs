@@ -20,7 +20,7 @@ use support::TcpProxy;
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 async fn url() -> Option<String> {
-    support::server_url("POSTGRES_URL", DEFAULT_URL, "127.0.0.1:5432").await
+    support::server_url("POSTGRES_TEST_URL", DEFAULT_URL, "127.0.0.1:5432").await
 }
 
 fn table() -> String {

@@ -25,7 +25,7 @@ use support::TcpProxy;
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379/0";
 
 async fn url() -> Option<String> {
-    support::server_url("REDIS_URL", DEFAULT_URL, "127.0.0.1:6379").await
+    support::server_url("REDIS_TEST_URL", DEFAULT_URL, "127.0.0.1:6379").await
 }
 
 fn namespace() -> String {

@@ -67,7 +67,14 @@ fn small_instance_solved_to_optimality() {
 #[test]
 fn or_library_instance_if_available() {
     let Some(dir) = locate_gap_dir(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
-        eprintln!("GAP data not found; skipping");
+        // The data sits beside the checkout (shared/data/gap) on the project's machines and
+        // in CI, where its absence is a failure; elsewhere say loudly that nothing ran.
+        if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_SERVERS").is_some() {
+            panic!("GAP data not found (set GAP_DATA_DIR or place shared/ beside the checkout)");
+        }
+        eprintln!(
+            "!!!!!!!! SKIPPED: GAP data not found; set GAP_DATA_DIR to run this test !!!!!!!!"
+        );
         return;
     };
     let text = std::fs::read_to_string(dir.join("gapa.txt")).unwrap();

@@ -1,0 +1,308 @@
+//! Portable copy / migrate across real backends: a collection from PostgreSQL to Redis and
+//! from SQLite to PostgreSQL, and a prefix of objects from the local filesystem to S3 and on to
+//! Azure Blob, each with progress reporting and the verification pass.
+#![cfg(all(
+    feature = "postgres",
+    feature = "redis",
+    feature = "sqlite",
+    feature = "s3",
+    feature = "azure",
+    feature = "local"
+))]
+
+mod support;
+
+use bytes::Bytes;
+use cloud_abstraction::database::{DocumentStore, DocumentStoreExt, PutDocumentOptions, Query};
+use cloud_abstraction::storage::{BlobStore, BlobStoreExt, PutOptions};
+use cloud_abstraction::testkit::unique_name;
+use paas_components::database::{PostgresDocumentStore, RedisDocumentStore, SqliteDocumentStore};
+use paas_components::migrate::{CopyOptions, copy_blobs, copy_collection};
+use paas_components::storage::{AzureBlobStore, LocalBlobStore, S3BlobStore};
+use serde_json::json;
+use std::time::Duration;
+
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+const S3: &str = "s3://test-bucket?endpoint=http://127.0.0.1:9000&region=us-east-1\
+    &access_key_id=ciaccesskey&secret_access_key=cisecretkey&conditional_put=disabled";
+const AZURE: &str =
+    "azure://test-container?emulator=true&endpoint=http://127.0.0.1:10000/devstoreaccount1";
+
+async fn seed_documents(store: &dyn DocumentStore, collection: &str, n: usize) {
+    for i in 0..n {
+        let doc = json!({"vin": format!("WVW{i:05}"), "km": i * 100, "owner": {"country": if i % 2 == 0 { "DE" } else { "FR" }}});
+        store
+            .put(
+                collection,
+                &format!("car-{i:03}"),
+                doc,
+                PutDocumentOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // One document with a TTL: the copy carries the remaining lifetime over.
+    store
+        .put(
+            collection,
+            "session",
+            json!({"token": "t"}),
+            PutDocumentOptions {
+                ttl: Some(Duration::from_secs(600)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn assert_same_collection(a: &dyn DocumentStore, b: &dyn DocumentStore, collection: &str) {
+    let left = a.query_all(collection, Query::all()).await.unwrap();
+    let right = b.query_all(collection, Query::all()).await.unwrap();
+    assert_eq!(left.len(), right.len());
+    for (x, y) in left.iter().zip(&right) {
+        assert_eq!(x.id, y.id);
+        assert_eq!(x.value, y.value);
+        assert_eq!(x.expires_at.is_some(), y.expires_at.is_some(), "{}", x.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_moves_between_real_databases() {
+    let Some(pg_url) = support::server_url("POSTGRES_TEST_URL", POSTGRES, "127.0.0.1:5432").await
+    else {
+        return;
+    };
+    let Some(redis_url) = support::server_url("REDIS_TEST_URL", REDIS, "127.0.0.1:6379").await
+    else {
+        return;
+    };
+    let table = unique_name("migrate_");
+    let postgres = PostgresDocumentStore::connect_table(&pg_url, &table)
+        .await
+        .unwrap();
+    let redis = RedisDocumentStore::connect(&redis_url)
+        .await
+        .unwrap()
+        .with_namespace(&unique_name("migrate-"))
+        .unwrap();
+    let sqlite = SqliteDocumentStore::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let collection = "vehicles";
+
+    // SQLite (embedded) -> PostgreSQL -> Redis: the path of a service moving to a cloud and on.
+    seed_documents(&sqlite, collection, 120).await;
+    let mut calls = 0;
+    let report = copy_collection(
+        &sqlite,
+        &postgres,
+        collection,
+        CopyOptions {
+            page_size: 50,
+            ..Default::default()
+        },
+        |p| {
+            calls += 1;
+            assert_eq!(p.items, calls);
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.copied, report.verified, report.skipped),
+        (121, 121, 0)
+    );
+    assert!(report.mismatches.is_empty());
+    assert!(report.bytes > 0);
+    assert_eq!(calls, 121);
+    assert_same_collection(&sqlite, &postgres, collection).await;
+
+    let report = copy_collection(
+        &postgres,
+        &redis,
+        collection,
+        CopyOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.copied, report.verified), (121, 121));
+    assert_same_collection(&postgres, &redis, collection).await;
+
+    // A second pass without overwrite leaves the destination alone.
+    redis
+        .put(
+            collection,
+            "car-000",
+            json!({"changed": true}),
+            PutDocumentOptions::default(),
+        )
+        .await
+        .unwrap();
+    let report = copy_collection(
+        &postgres,
+        &redis,
+        collection,
+        CopyOptions {
+            overwrite: false,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.copied, report.skipped), (0, 121));
+    assert_eq!(
+        redis
+            .get(collection, "car-000")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        json!({"changed": true})
+    );
+
+    redis.purge().await.unwrap();
+    let pool = sqlx::PgPool::connect(&pg_url).await.unwrap();
+    sqlx::query(&format!("DROP TABLE IF EXISTS \"{table}\""))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+fn endpoint_of(url: &str, default: &str) -> String {
+    let url = url::Url::parse(url).unwrap();
+    let endpoint = url
+        .query_pairs()
+        .find(|(k, _)| k == "endpoint")
+        .map(|(_, v)| v.into_owned());
+    match endpoint {
+        Some(e) => {
+            let e = url::Url::parse(&e).unwrap();
+            format!(
+                "{}:{}",
+                e.host_str().unwrap(),
+                e.port_or_known_default().unwrap()
+            )
+        }
+        None => default.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_move_between_real_stores() {
+    let s3_configured = std::env::var("S3_TEST_URL").unwrap_or_else(|_| S3.to_string());
+    let Some(s3_url) = support::server_url(
+        "S3_TEST_URL",
+        S3,
+        &endpoint_of(&s3_configured, "127.0.0.1:9000"),
+    )
+    .await
+    else {
+        return;
+    };
+    let az_configured = std::env::var("AZURE_TEST_URL").unwrap_or_else(|_| AZURE.to_string());
+    let Some(az_url) = support::server_url(
+        "AZURE_TEST_URL",
+        AZURE,
+        &endpoint_of(&az_configured, "127.0.0.1:10000"),
+    )
+    .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalBlobStore::open(dir.path()).unwrap();
+    let s3 = S3BlobStore::from_url(&s3_url).unwrap();
+    let azure = AzureBlobStore::from_url(&az_url).unwrap();
+    let prefix = format!("{}/", unique_name("migrate-"));
+
+    // Small objects with metadata, one object larger than a list page, and one outside the prefix.
+    for i in 0..30 {
+        let options = PutOptions::default()
+            .with_content_type("application/json")
+            .with_metadata("vin", format!("wvw{i}"));
+        local
+            .put(
+                &format!("{prefix}telemetry/{i:03}.json"),
+                Bytes::from(format!("{{\"seq\":{i}}}")),
+                options,
+            )
+            .await
+            .unwrap();
+    }
+    let big = Bytes::from(
+        (0..3 * 1024 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    local
+        .put_bytes(&format!("{prefix}firmware/image.bin"), big.clone())
+        .await
+        .unwrap();
+    local
+        .put_bytes("elsewhere/not-copied", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+
+    let mut last = String::new();
+    let report = copy_blobs(
+        &local,
+        &s3,
+        &prefix,
+        CopyOptions {
+            page_size: 7,
+            ..Default::default()
+        },
+        |p| last = p.last.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.copied, report.verified), (31, 31));
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    assert_eq!(
+        report.bytes,
+        local
+            .list_all(&prefix)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.size)
+            .sum::<u64>()
+    );
+    assert!(last.starts_with(&prefix));
+    assert_eq!(
+        s3.get_bytes(&format!("{prefix}firmware/image.bin"))
+            .await
+            .unwrap(),
+        big
+    );
+    let meta = s3
+        .head(&format!("{prefix}telemetry/007.json"))
+        .await
+        .unwrap();
+    assert_eq!(meta.content_type.as_deref(), Some("application/json"));
+    assert_eq!(meta.metadata.get("vin").map(String::as_str), Some("wvw7"));
+    assert!(!s3.exists("elsewhere/not-copied").await.unwrap());
+
+    let report = copy_blobs(&s3, &azure, &prefix, CopyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.copied, report.verified), (31, 31));
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    assert_eq!(
+        azure
+            .get_bytes(&format!("{prefix}firmware/image.bin"))
+            .await
+            .unwrap(),
+        big
+    );
+
+    for store in [&s3 as &dyn BlobStore, &azure] {
+        for meta in store.list_all(&prefix).await.unwrap() {
+            store.delete(&meta.key).await.unwrap();
+        }
+    }
+}
