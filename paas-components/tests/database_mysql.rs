@@ -7,13 +7,11 @@
 
 mod support;
 
-use cloud_abstraction::database::{Document, DocumentStore, PutDocumentOptions, Query};
+use cloud_abstraction::database::DocumentStore;
 use cloud_abstraction::testkit::{database, unique_name};
 use cloud_abstraction::{ErrorKind, Location};
 use paas_components::database::MysqlDocumentStore;
-use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::TcpProxy;
 
@@ -99,30 +97,6 @@ async fn bad_urls_fail_cleanly_without_echoing_secrets() {
     assert!(!format!("{err} {err:?}").contains("hunter2"));
 }
 
-/// Calls while the proxy is cut must fail with a retryable kind, within their timeout.
-async fn assert_fails_retryably<T: std::fmt::Debug>(
-    what: &str,
-    call: impl Future<Output = cloud_abstraction::Result<T>>,
-) {
-    let started = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(15), call)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung while the server was cut off"));
-    let err = result.expect_err(what);
-    assert!(
-        matches!(
-            err.kind(),
-            ErrorKind::Unavailable | ErrorKind::DeadlineExceeded
-        ),
-        "{what}: {err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(12),
-        "{what} took {:?}",
-        started.elapsed()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_cut_and_restore_keeps_acknowledged_writes() {
     let Some(url) = url().await else { return };
@@ -135,110 +109,19 @@ async fn fault_cut_and_restore_keeps_acknowledged_writes() {
             .unwrap()
             .with_operation_timeout(Duration::from_secs(8)),
     );
-    let coll = unique_name("fault");
+    let acked =
+        support::document_faults::cut_and_restore_keeps_acknowledged_writes(&proxy, store).await;
 
-    // A writer that keeps writing through the cut, recording what was acknowledged.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (store, coll, stop) = (Arc::clone(&store), coll.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut failures = 0u32;
-            let mut n = 0u32;
-            while !stop.load(Ordering::SeqCst) {
-                let id = format!("w{n:05}");
-                n += 1;
-                let started = Instant::now();
-                let r = tokio::time::timeout(
-                    Duration::from_secs(15),
-                    store.put(&coll, &id, json!({"n": n}), PutDocumentOptions::default()),
-                )
-                .await
-                .expect("put hung");
-                assert!(started.elapsed() < Duration::from_secs(12));
-                match r {
-                    Ok(rev) => acked.push((id, rev)),
-                    Err(e) => {
-                        assert!(e.is_retryable(), "writer saw {e}");
-                        failures += 1;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (acked, failures)
-        })
-    };
-
-    // Some acknowledged work first.
-    for i in 0..10 {
-        store
-            .put(
-                &coll,
-                &format!("a{i}"),
-                json!({"i": i}),
-                PutDocumentOptions::create(),
-            )
-            .await
-            .unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    proxy.cut().await;
-    assert_fails_retryably("get", store.get(&coll, "a1")).await;
-    assert_fails_retryably(
-        "put",
-        store.put(&coll, "during", json!({}), PutDocumentOptions::default()),
-    )
-    .await;
-    assert_fails_retryably("query", store.query(&coll, Query::all())).await;
-    proxy.restore();
-
-    // The same handle recovers without being reopened (bounded polling).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match store.get(&coll, "a1").await {
-            Ok(Some(doc)) => {
-                assert_eq!(doc.value, json!({"i": 1}));
-                break;
-            }
-            Ok(None) => panic!("acknowledged document a1 is gone"),
-            Err(e) => {
-                assert!(e.is_retryable(), "{e}");
-                assert!(Instant::now() < deadline, "store did not recover: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let (acked, failures) = writer.await.unwrap();
-    assert!(failures > 0, "the writer never saw the cut");
-    assert!(!acked.is_empty());
-
-    // Every acknowledged write is there: through the same handle, and read directly.
-    let mut ids: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
-    ids.extend(acked.iter().map(|(id, _)| id.clone()));
-    let docs = store.get_many(&coll, &ids).await.unwrap();
-    for (id, doc) in ids.iter().zip(&docs) {
-        assert!(doc.is_some(), "acknowledged {id} missing after the cut");
-    }
-    for (id, rev) in &acked {
-        let doc: &Document = docs
-            .iter()
-            .flatten()
-            .find(|d| &d.id == id)
-            .expect("acked doc");
-        assert_eq!(doc.revision, *rev);
-    }
+    // Counted directly in the server too, bypassing the store.
     let direct = sqlx::MySqlPool::connect(&url).await.unwrap();
-    let marks = vec!["?"; ids.len()].join(", ");
+    let marks = vec!["?"; acked.ids.len()].join(", ");
     let sql = format!("SELECT count(*) FROM `{table}` WHERE collection = ? AND id IN ({marks})");
-    let mut q = sqlx::query_scalar(&sql).bind(&coll);
-    for id in &ids {
+    let mut q = sqlx::query_scalar(&sql).bind(&acked.collection);
+    for id in &acked.ids {
         q = q.bind(id.as_bytes());
     }
     let count: i64 = q.fetch_one(&direct).await.unwrap();
-    assert_eq!(count as usize, ids.len());
+    assert_eq!(count as usize, acked.ids.len());
     direct.close().await;
     drop_table(&url, &table).await;
 }

@@ -2,6 +2,8 @@
 //! proxy that a fault test can cut and restore.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod document_faults;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
