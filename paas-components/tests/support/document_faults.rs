@@ -9,7 +9,7 @@ use cloud_abstraction::testkit::unique_name;
 use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Calls while the proxy is cut must fail with a retryable kind, within their timeout.
@@ -54,8 +54,10 @@ pub async fn cut_and_restore_keeps_acknowledged_writes(
 
     // A writer that keeps writing through the cut, recording what was acknowledged.
     let stop = Arc::new(AtomicBool::new(false));
+    let writer_failures = Arc::new(AtomicU32::new(0));
     let writer = {
         let (store, coll, stop) = (Arc::clone(&store), coll.clone(), Arc::clone(&stop));
+        let writer_failures = Arc::clone(&writer_failures);
         tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut failures = 0u32;
@@ -76,6 +78,7 @@ pub async fn cut_and_restore_keeps_acknowledged_writes(
                     Err(e) => {
                         assert!(e.is_retryable(), "writer saw {e}");
                         failures += 1;
+                        writer_failures.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -106,6 +109,12 @@ pub async fn cut_and_restore_keeps_acknowledged_writes(
     )
     .await;
     assert_fails_retryably("query", store.query(&coll, Query::all())).await;
+    // Those calls can fail within a few milliseconds; keep the server away until the
+    // background writer has met the outage too (bounded), so the test covers writes in flight.
+    let outage_deadline = Instant::now() + Duration::from_secs(10);
+    while writer_failures.load(Ordering::SeqCst) == 0 && Instant::now() < outage_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.restore();
 
     // The same handle recovers without being reopened (bounded polling).
