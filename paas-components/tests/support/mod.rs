@@ -2,6 +2,7 @@
 //! proxy that a fault test can cut and restore.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod blob_faults;
 pub mod document_faults;
 
 use std::net::SocketAddr;
