@@ -35,6 +35,21 @@ impl Location {
     pub fn local() -> Self {
         Self::new("local", "local")
     }
+
+    /// The honest default of a server backend whose location was not configured: provider
+    /// `unknown`, region `unknown`. A server's address does not say which cloud it runs in (an
+    /// S3 endpoint need not be AWS), so nothing is guessed.
+    pub fn unknown() -> Self {
+        Self::new(Self::UNKNOWN, Self::UNKNOWN)
+    }
+
+    /// The provider and region name of [`Location::unknown`].
+    pub const UNKNOWN: &'static str = "unknown";
+
+    /// Whether the provider is [`Location::UNKNOWN`].
+    pub fn is_unknown(&self) -> bool {
+        self.provider == Self::UNKNOWN
+    }
 }
 
 impl Default for Location {
