@@ -98,6 +98,24 @@ impl ResourceUrl {
             .collect()
     }
 
+    /// The same URL without the query parameters named in `names`; the other parameters keep
+    /// their order and exact spelling, and an empty query is dropped.
+    pub fn without_query_params(&self, names: &[&str]) -> Self {
+        let Some(query) = self.inner.query() else {
+            return self.clone();
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = url::form_urlencoded::parse(pair.as_bytes()).next();
+                !pair.is_empty() && !name.is_some_and(|(k, _)| names.contains(&k.as_ref()))
+            })
+            .collect();
+        let mut inner = self.inner.clone();
+        inner.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
+        Self { inner }
+    }
+
     /// The full URL, secrets included. Only for handing to a client library; never log it.
     pub fn expose(&self) -> &str {
         self.inner.as_str()

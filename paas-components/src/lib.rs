@@ -64,6 +64,6 @@ pub mod registry;
 pub mod storage;
 
 pub use registry::{
-    Opener, open_blob_store, open_compute, open_document_store, open_queue, register_blob_store,
-    register_compute, register_document_store, register_queue,
+    Opener, Registry, open_blob_store, open_compute, open_document_store, open_queue,
+    register_blob_store, register_compute, register_document_store, register_queue,
 };

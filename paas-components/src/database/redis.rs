@@ -7,7 +7,7 @@ use cloud_abstraction::database::{
     QueryPage, Revision, WriteCondition, WriteOp, WriteOutcome, compare_json, matches_filters,
     sort_documents,
 };
-use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
+use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, ResourceUrl, Result, validate};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use serde::{Deserialize, Serialize};
@@ -448,7 +448,9 @@ fn check_id(id: &str) -> Result<()> {
 
 impl RedisDocumentStore {
     /// Connects to `url` (`redis://[user:password@]host:port/db`). The query parameter
-    /// `prefix` sets the key namespace (default `docs`; see [`with_namespace`]); other
+    /// `prefix` sets the key namespace (default `docs`; see [`with_namespace`]); `provider`,
+    /// `region` and `zone` set the reported location (see [`Location::from_url`]; default
+    /// [`Location::unknown`], since a server address does not say where it runs); other
     /// parameters go to the `redis` crate. Fails with
     /// [`InvalidArgument`](ErrorKind::InvalidArgument) for a bad URL and
     /// [`Unavailable`](ErrorKind::Unavailable) when the server cannot be reached.
@@ -468,9 +470,16 @@ impl RedisDocumentStore {
                     ),
                 ));
             }
+            let location = ResourceUrl::parse(url)
+                .and_then(|u| Location::from_url(&u))
+                .map_err(|e| Error::invalid(BACKEND, e.message()))?
+                .unwrap_or_else(Location::unknown);
             let mut namespace = DEFAULT_NAMESPACE.to_string();
             let mut rest = Vec::new();
             for (k, v) in parsed.query_pairs() {
+                if Location::URL_PARAMS.contains(&k.as_ref()) {
+                    continue;
+                }
                 if k == "prefix" {
                     namespace = v.into_owned();
                 } else {
@@ -519,7 +528,7 @@ impl RedisDocumentStore {
             Ok(Self {
                 conn,
                 namespace,
-                location: Location::local(),
+                location,
                 timeout: DEFAULT_TIMEOUT,
                 scripts: Arc::new(Scripts::new()),
             })
@@ -536,7 +545,8 @@ impl RedisDocumentStore {
         Ok(self)
     }
 
-    /// Reports `location` as where this store runs (default: [`Location::local`]).
+    /// Reports `location` as where this store runs (default: the URL's location parameters,
+    /// else [`Location::unknown`]).
     pub fn with_location(mut self, location: Location) -> Self {
         self.location = location;
         self

@@ -209,8 +209,10 @@ impl SqliteQueue {
             dedup_window: Duration::from_secs(300),
         };
         let mut tx = queue.begin().await?;
-        sqlx::raw_sql(SCHEMA)
-            .execute(&mut *tx)
+        // Through `Executor` (a boxed, `Send` future) rather than `raw_sql(..).execute`, whose
+        // generic future trips rustc's higher-ranked `Send` check inside boxed openers.
+        // SQLite runs every statement of a multi-statement string.
+        sqlx::Executor::execute(&mut *tx, SCHEMA)
             .await
             .map_err(|e| db_error("creating the tables", e))?;
         tx.commit()

@@ -11,6 +11,7 @@
 //! | `endpoint` | the account URL (with the account as first path segment for Azurite) | `https://ACCOUNT.blob.core.windows.net`; `http://127.0.0.1:10000/ACCOUNT` with `emulator` |
 //! | `emulator` | talk to Azurite | `false` |
 //! | `allow_http` | allow plain HTTP to a non-loopback endpoint | `false` |
+//! | `provider`, `region`, `zone` | where the store is reported to run (see [`Location::from_url`]) | [`Location::unknown`]: the account name does not say |
 //!
 //! Capabilities: conditional put (`If-None-Match: *` / `If-Match`), conditional get, ranges,
 //! multipart (blocks of any size; content type and metadata of a multipart upload are not
@@ -67,6 +68,9 @@ impl AzureBlobStore {
                 "key prefixes in the azure:// URL are not supported; use azure://CONTAINER",
             ));
         }
+        let location = Location::from_url(&url)
+            .map_err(|e| Error::invalid(BACKEND, e.message()))?
+            .unwrap_or_else(Location::unknown);
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mut account = None;
         let mut key = None;
@@ -80,6 +84,8 @@ impl AzureBlobStore {
                 "endpoint" => endpoint = Some(value),
                 "emulator" => emulator = parse_bool(BACKEND, &name, &value)?,
                 "allow_http" => allow_http = parse_bool(BACKEND, &name, &value)?,
+                // Checked by `Location::from_url` above.
+                "provider" | "region" | "zone" => {}
                 other => {
                     return Err(Error::invalid(
                         BACKEND,
@@ -148,14 +154,13 @@ impl AzureBlobStore {
             metadata_names: MetadataNames::CSharpIdentifier,
             attributes_need_upload_handle: true,
         };
-        let location = Location::new("azure", if emulator { "local" } else { "unknown" });
         Ok(Self {
             inner: ObjectStoreBlobStore::new(Arc::new(store), None, flavor, location, description),
         })
     }
 
-    /// The same store, reported at `location` (the default has provider `azure` and region
-    /// `local` for the emulator, `unknown` otherwise: the URL does not say).
+    /// The same store, reported at `location` (the default comes from the URL's `provider`,
+    /// `region` and `zone`, else [`Location::unknown`]).
     pub fn with_location(mut self, location: Location) -> Self {
         self.inner.set_location(location);
         self
@@ -174,6 +179,11 @@ mod tests {
         let store = AzureBlobStore::from_url("azure://c?emulator=true").unwrap();
         assert_eq!(store.info().backend, "azure");
         assert!(!store.capabilities().presign);
+        assert_eq!(store.info().location, Location::unknown());
+        let store =
+            AzureBlobStore::from_url("azure://c?emulator=true&provider=azure&region=westeurope")
+                .unwrap();
+        assert_eq!(store.info().location, Location::new("azure", "westeurope"));
         let store =
             AzureBlobStore::from_url("azure://c?account=acct&access_key=c2VjcmV0c2VjcmV0").unwrap();
         assert!(!format!("{store:?}").contains("c2VjcmV0c2VjcmV0"));
@@ -184,6 +194,7 @@ mod tests {
             "azure://c/prefix?emulator=true",
             "azure://c?emulator=true&endpoint=http://10.0.0.1:10000/x",
             "s3://c",
+            "azure://c?emulator=true&zone=1",
         ] {
             let err = AzureBlobStore::from_url(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");

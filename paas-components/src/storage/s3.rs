@@ -5,11 +5,18 @@
 //!
 //! | parameter | meaning | default |
 //! |---|---|---|
-//! | `region` | the bucket's region | `AWS_REGION`, else `us-east-1` |
+//! | `region` | the bucket's region: both where the store is reported to run (its [`Location`] region) and the SigV4 signing region | none |
+//! | `signing_region` | the signing region, when it must differ from `region` (S3-compatible servers often want `us-east-1` wherever they run) | `region`, else `AWS_REGION`, else `us-east-1` |
+//! | `provider`, `zone` | the rest of the reported [`Location`] (see [`Location::from_url`]) | provider `unknown` |
 //! | `endpoint` | a non-AWS endpoint (path-style requests); plain `http` only on loopback | AWS |
 //! | `access_key_id`, `secret_access_key`, `session_token` | credentials | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` |
 //! | `conditional_put` | `etag`: the server honours `If-None-Match: *` / `If-Match` on PUT atomically; `disabled`: it does not, so create-only and if-match puts are `Unsupported` | `etag` |
 //! | `allow_http` | allow plain HTTP to a non-loopback endpoint | `false` |
+//!
+//! Location: a store opened without `provider`/`region`/`zone` reports [`Location::unknown`]
+//! (an S3 endpoint need not be AWS, and `AWS_REGION` says where the client is, not the
+//! bucket); `provider=aws` must be said. A region taken from `AWS_REGION` signs requests but is
+//! not reported.
 //!
 //! Capabilities: conditional put (per `conditional_put`), conditional get, ranges, multipart
 //! (every part but the last at least 5 MiB), content type and user metadata, presigned GET and
@@ -61,7 +68,11 @@ impl S3BlobStore {
             ));
         }
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let mut region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
+        let location = Location::from_url(&url)
+            .map_err(|e| Error::invalid(BACKEND, e.message()))?
+            .unwrap_or_else(Location::unknown);
+        let mut region = None;
+        let mut signing_region = None;
         let mut endpoint = None;
         let mut access_key = env("AWS_ACCESS_KEY_ID");
         let mut secret_key = env("AWS_SECRET_ACCESS_KEY");
@@ -71,6 +82,9 @@ impl S3BlobStore {
         for (name, value) in url.query_params() {
             match name.as_str() {
                 "region" => region = Some(value),
+                "signing_region" => signing_region = Some(value),
+                // Checked by `Location::from_url` above.
+                "provider" | "zone" => {}
                 "endpoint" => endpoint = Some(value),
                 "access_key_id" => access_key = Some(value),
                 "secret_access_key" => secret_key = Some(value),
@@ -97,7 +111,11 @@ impl S3BlobStore {
                 }
             }
         }
-        let region = region.unwrap_or_else(|| "us-east-1".to_string());
+        let region = signing_region
+            .or(region)
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".to_string());
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&bucket)
             .with_region(&region)
@@ -156,7 +174,6 @@ impl S3BlobStore {
             metadata_names: MetadataNames::Verbatim,
             attributes_need_upload_handle: false,
         };
-        let location = Location::new("aws", region);
         Ok(Self {
             inner: ObjectStoreBlobStore::new(store, Some(signer), flavor, location, description),
         })
@@ -171,8 +188,8 @@ impl S3BlobStore {
         caps
     }
 
-    /// The same store, reported at `location` (the default is provider `aws` in the URL's
-    /// region).
+    /// The same store, reported at `location` (the default comes from the URL's `provider`,
+    /// `region` and `zone`, else [`Location::unknown`]). Does not change the signing region.
     pub fn with_location(mut self, location: Location) -> Self {
         self.inner.set_location(location);
         self
@@ -193,7 +210,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.info().backend, "s3");
-        assert_eq!(store.info().location.region, "eu-west-1");
+        assert_eq!(
+            store.info().location,
+            Location::new(Location::UNKNOWN, "eu-west-1")
+        );
+        let store = S3BlobStore::from_url(
+            "s3://b?provider=aws&region=eu-central-1&zone=eu-central-1a&signing_region=us-east-1",
+        )
+        .unwrap();
+        assert_eq!(
+            store.info().location,
+            Location::new("aws", "eu-central-1").with_zone("eu-central-1a")
+        );
+        assert!(format!("{store:?}").contains("us-east-1"), "{store:?}");
+        assert_eq!(
+            S3BlobStore::from_url("s3://b").unwrap().info().location,
+            Location::unknown()
+        );
         assert!(!format!("{store:?}").contains("verysecret"));
         assert!(store.capabilities().presign);
 
@@ -205,6 +238,8 @@ mod tests {
             "s3://b?endpoint=http://10.1.2.3:9000",
             "s3://b?access_key_id=k",
             "s3://b?conditional_put=maybe",
+            "s3://b?zone=eu-central-1a",
+            "s3://b?region=a&region=b",
         ] {
             let err = S3BlobStore::from_url(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}");
