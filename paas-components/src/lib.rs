@@ -32,7 +32,8 @@
 //!
 //! - [`storage`], [`database`], [`queue`], [`compute`]: one file per backend, each behind a
 //!   cargo feature;
-//! - [`registry`]: `open_*` by URL, and registration of your own schemes;
+//! - [`registry`]: `open_*` by URL (location parameters included), registration of your own
+//!   schemes, and [`Registry`] values beside the process-wide registry;
 //! - [`layers`]: tower middleware (metrics, retry, timeout, fault injection) for all traits;
 //! - [`migrate`]: copy a prefix or a collection between any two backends of a trait.
 //!

@@ -25,7 +25,7 @@
 //! server backends (a server's address does not say which cloud it is in). The registry takes
 //! the parameters out of the URL before it reaches a client library that would reject or
 //! misread them (sqlx). For `s3://`, `region` is both the location's region and the signing
-//! region, unless `signing_region` is given (see [`S3BlobStore`](crate::storage)). Embedded
+//! region, unless `signing_region` is given (see the S3 backend in [`storage`](crate::storage)). Embedded
 //! schemes take no other parameters, so a misspelt one is an error rather than ignored. A
 //! second open of a named `mem://` instance may not ask for a different location than the
 //! first.
@@ -629,7 +629,7 @@ impl<T: ?Sized + Backend> Prepared<T> {
 /// assert!(paas_components::open_blob_store("cache://").await.is_err());
 /// # let _ = blobs; Ok(()) }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     blob: Schemes<dyn BlobStore>,
     document: Schemes<dyn DocumentStore>,
@@ -651,7 +651,12 @@ impl fmt::Debug for Registry {
 impl Registry {
     /// A registry with no schemes at all.
     pub fn empty() -> Self {
-        Self::default()
+        Self {
+            blob: Schemes::default(),
+            document: Schemes::default(),
+            queue: Schemes::default(),
+            compute: Schemes::default(),
+        }
     }
 
     /// A registry with the built-in schemes (see the [module docs](self)), with its own named
