@@ -62,6 +62,8 @@ pub mod migrate;
 pub mod queue;
 pub mod registry;
 pub mod storage;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+mod tls;
 
 pub use registry::{
     Opener, open_blob_store, open_compute, open_document_store, open_queue, register_blob_store,

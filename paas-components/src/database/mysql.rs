@@ -181,6 +181,7 @@ impl MysqlDocumentStore {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_string(),
         };
+        let url = crate::tls::sql_url(BACKEND, &url, crate::tls::SqlDialect::Mysql)?;
         let options = MySqlConnectOptions::from_str(&url).map_err(|_| {
             // Not the parser's message: it may quote the URL.
             Error::invalid(BACKEND, "invalid MySQL/MariaDB URL")
@@ -340,6 +341,9 @@ fn row_to_document(row: &MySqlRow) -> Result<Document> {
 
 /// Maps a sqlx error to the portable kinds; the message names the operation only.
 fn map_err(e: sqlx::Error, operation: &str) -> Error {
+    if let Some(tls) = crate::tls::failure(BACKEND, operation, &e) {
+        return tls.with_source(e);
+    }
     let kind = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -197,7 +197,8 @@ impl PostgresDocumentStore {
     /// [resource name](validate::resource_name)), e.g. one table per application or test run.
     pub async fn connect_table(url: &str, table: &str) -> Result<Self> {
         validate::resource_name(BACKEND, "table", table)?;
-        let options = PgConnectOptions::from_str(url).map_err(|_| {
+        let url = crate::tls::sql_url(BACKEND, url, crate::tls::SqlDialect::Postgres)?;
+        let options = PgConnectOptions::from_str(&url).map_err(|_| {
             // Not the parser's message: it may quote the URL.
             Error::invalid(BACKEND, "invalid PostgreSQL URL")
         })?;
@@ -377,6 +378,9 @@ fn row_to_document(row: &PgRow) -> Result<Document> {
 /// Maps a sqlx error to the portable kinds. The message names the operation only: sqlx's
 /// own text stays reachable as `source()` (it never holds the URL for runtime errors).
 fn map_err(e: sqlx::Error, operation: &str) -> Error {
+    if let Some(tls) = crate::tls::failure(BACKEND, operation, &e) {
+        return tls.with_source(e);
+    }
     let kind = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

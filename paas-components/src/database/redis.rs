@@ -372,8 +372,23 @@ impl Cursor {
     }
 }
 
+/// `true`/`false` (also `1`/`0`, `yes`/`no`) for a boolean URL parameter.
+fn parse_flag(name: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(Error::invalid(
+            BACKEND,
+            format!("`{name}` is `true` or `false`, not `{value}`"),
+        )),
+    }
+}
+
 /// Maps a Redis error to the portable kinds; the message names the operation only.
 fn map_err(operation: &str, e: RedisError) -> Error {
+    if let Some(tls) = crate::tls::failure(BACKEND, operation, &e) {
+        return tls.with_source(e);
+    }
     let kind = if e.is_timeout() {
         ErrorKind::DeadlineExceeded
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -469,24 +484,58 @@ impl RedisDocumentStore {
                 ));
             }
             let mut namespace = DEFAULT_NAMESPACE.to_string();
+            let mut ca_file = None;
+            let mut insecure = false;
             let mut rest = Vec::new();
             for (k, v) in parsed.query_pairs() {
-                if k == "prefix" {
-                    namespace = v.into_owned();
-                } else {
-                    rest.push((k.into_owned(), v.into_owned()));
+                match k.as_ref() {
+                    "prefix" => namespace = v.into_owned(),
+                    "ca_file" => ca_file = Some(v.into_owned()),
+                    "insecure" => insecure = parse_flag("insecure", &v)?,
+                    _ => rest.push((k.into_owned(), v.into_owned())),
                 }
             }
             validate::resource_name(BACKEND, "key namespace", &namespace)?;
+            let tls = parsed.scheme() == "rediss";
+            if !tls && (ca_file.is_some() || insecure) {
+                return Err(Error::invalid(
+                    BACKEND,
+                    "`ca_file` and `insecure` need TLS: use a `rediss://` URL",
+                ));
+            }
+            if insecure && ca_file.is_some() {
+                return Err(Error::invalid(
+                    BACKEND,
+                    "`insecure` turns certificate checks off; it cannot be combined with `ca_file`",
+                ));
+            }
             if rest.is_empty() {
                 parsed.set_query(None);
             } else {
                 parsed.query_pairs_mut().clear().extend_pairs(rest);
             }
+            if insecure {
+                // The crate's spelling of the same switch.
+                parsed.set_fragment(Some("insecure"));
+            }
+            if tls {
+                // The crate builds its rustls configuration from the process default.
+                crate::tls::ensure_default_provider();
+            }
             // The crate's own messages may quote the URL: keep them out of ours.
-            let client = redis::Client::open(parsed.as_str()).map_err(|_| {
-                Error::invalid(BACKEND, "the Redis URL is not a valid connection string")
-            })?;
+            let invalid =
+                |_| Error::invalid(BACKEND, "the Redis URL is not a valid connection string");
+            let client = match ca_file {
+                Some(path) => {
+                    let pem = crate::tls::read_ca_file(BACKEND, "ca_file", &path)?;
+                    let certs = redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    };
+                    redis::Client::build_with_tls(parsed.as_str(), certs).map_err(invalid)?
+                }
+                None => redis::Client::open(parsed.as_str()).map_err(invalid)?,
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(3)))
