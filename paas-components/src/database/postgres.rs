@@ -47,6 +47,28 @@
 //! - Cursors are opaque keyset cursors (the last document's sort key and id), so pages stay
 //!   consistent while documents are written between pages.
 //!
+//! # TLS
+//!
+//! rustls with the aws-lc-rs provider, compiled in with the `postgres` feature (shared option
+//! handling in the crate's `tls` module). URL parameters, libpq's names (the MySQL spellings
+//! `ssl-mode`, `ssl-ca` and their values are accepted too and rewritten):
+//! - `sslmode`: `disable`; `allow` (sqlx treats it as `disable`); `prefer`, the default (TLS
+//!   when the server offers it, without checking the certificate, else plain TCP); `require`
+//!   (TLS, certificate not checked); `verify-ca` (meant to check the chain only, but sqlx 0.8
+//!   also checks the host name, a known sqlx issue with current rustls, so it is as strict as
+//!   `verify-full`); `verify-full` (chain and host name, DNS name or IP address, checked).
+//!   Managed cloud databases: `sslmode=verify-full`.
+//! - `sslrootcert=FILE`: PEM CA certificates trusted in addition to Mozilla's root set
+//!   (webpki-roots), which is always trusted. Read at connect: a file that cannot be read or
+//!   holds no certificate is `InvalidArgument`. (`sslcert`/`sslkey`, a client certificate, go
+//!   to sqlx unchanged; untested here.)
+//!
+//! An untrusted server certificate or a host name mismatch fails the connect with
+//! [`Unauthenticated`](ErrorKind::Unauthenticated) ("TLS handshake failed: certificate not
+//! trusted: …", "… name mismatch: the server's certificate is not valid for `HOST` …"): not
+//! retryable, the configuration has to change. A server without TLS under a mode that needs
+//! it is [`Unavailable`](ErrorKind::Unavailable). An unknown `sslmode` is `InvalidArgument`.
+//!
 //! # Failures
 //!
 //! Every pool acquisition times out (5 s by default) and every operation has an overall

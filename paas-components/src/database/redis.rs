@@ -1,4 +1,5 @@
-//! Redis document store (`redis://host:port/db`): see [`RedisDocumentStore`].
+//! Redis document store (`redis://host:port/db`, over TLS `rediss://`): see
+//! [`RedisDocumentStore`].
 
 use super::common::{check_capabilities, check_document, page_limit};
 use async_trait::async_trait;
@@ -234,6 +235,26 @@ impl Scripts {
 /// applied); the [`ConnectionManager`] reconnects by itself, so the same handle works again
 /// once the server is back. Error messages never contain the URL (it may hold a password).
 ///
+/// # TLS
+///
+/// `rediss://` connects over TLS: rustls with the aws-lc-rs provider, compiled in with the
+/// `redis` feature. The server's certificate must chain to a trusted CA and name the URL's
+/// host (DNS name or IP address). Query parameters:
+/// - `ca_file=FILE`: trust exactly the PEM CA certificates in `FILE` (they **replace** the
+///   default trust set, Mozilla's roots from webpki-roots). Read at connect: a file that
+///   cannot be read or holds no certificate is [`InvalidArgument`](ErrorKind::InvalidArgument).
+/// - `insecure=true` (default `false`; the crate's `#insecure` fragment means the same):
+///   checks neither the certificate nor the host name. For tests only; it cannot be combined
+///   with `ca_file`.
+///
+/// `ca_file` or `insecure` on a `redis://` URL is `InvalidArgument`. An untrusted certificate
+/// or a host name mismatch fails the connect with
+/// [`Unauthenticated`](ErrorKind::Unauthenticated) ("TLS handshake failed: certificate not
+/// trusted: …", "… name mismatch: the server's certificate is not valid for `HOST` …"), not
+/// retryable. The `redis` crate builds its TLS configuration from rustls' process-default
+/// provider: the first `rediss://` connect installs aws-lc-rs as that default unless the
+/// application installed one before (which is then used).
+///
 /// # Example
 ///
 /// ```no_run
@@ -462,9 +483,10 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 impl RedisDocumentStore {
-    /// Connects to `url` (`redis://[user:password@]host:port/db`). The query parameter
-    /// `prefix` sets the key namespace (default `docs`; see [`with_namespace`]); other
-    /// parameters go to the `redis` crate. Fails with
+    /// Connects to `url` (`redis://[user:password@]host:port/db`, or `rediss://…` for TLS).
+    /// The query parameter `prefix` sets the key namespace (default `docs`; see
+    /// [`with_namespace`]), `ca_file` and `insecure` configure TLS (see [the type's
+    /// docs](Self#tls)); other parameters go to the `redis` crate. Fails with
     /// [`InvalidArgument`](ErrorKind::InvalidArgument) for a bad URL and
     /// [`Unavailable`](ErrorKind::Unavailable) when the server cannot be reached.
     ///
