@@ -52,7 +52,32 @@
 //! | `s3` | S3 blob store (`s3://`), through object_store |
 //! | `azure` | Azure Blob store (`azure://`), through object_store |
 //!
-//! TLS, where a backend uses it, is rustls with the aws-lc-rs provider only.
+//! # TLS
+//!
+//! Every backend that speaks TLS uses rustls with the **aws-lc-rs** crypto provider, the
+//! only one compiled in (never `ring`); TLS comes with the `postgres`, `mysql`, `redis`, `s3`
+//! and `azure` features, no extra feature needed. The options are URL parameters:
+//!
+//! | backend | turn on / verify | CA file | details |
+//! |---|---|---|---|
+//! | PostgreSQL | `sslmode=disable\|prefer\|require\|verify-ca\|verify-full` (default `prefer`) | `sslrootcert=FILE` | [`database::postgres`] |
+//! | MariaDB / MySQL | `ssl-mode=DISABLED\|PREFERRED\|REQUIRED\|VERIFY_CA\|VERIFY_IDENTITY` (default `PREFERRED`) | `ssl-ca=FILE` | [`database::mysql`] |
+//! | Redis | `rediss://` (always verifies; `insecure=true` to not) | `ca_file=FILE` | [`database::RedisDocumentStore`] |
+//!
+//! The SQL backends accept either spelling of mode and CA file (`sslmode=verify-full` works
+//! on MariaDB, `ssl-ca=` on PostgreSQL). For a managed cloud database use the verifying mode
+//! (`verify-full`, `VERIFY_IDENTITY`, `rediss://`) with the provider's CA file. A rejected
+//! server certificate (not trusted, host name mismatch) is
+//! [`Unauthenticated`](cloud_abstraction::ErrorKind::Unauthenticated) with the cause in the
+//! message; a bad mode or an unreadable CA file is `InvalidArgument`; no error shows the URL.
+//!
+//! Crypto provider: sqlx passes aws-lc-rs to rustls explicitly; object_store (through
+//! reqwest) takes the process-default provider if one is installed, else aws-lc-rs. The
+//! `redis` crate needs a process default, so the first `rediss://` connect installs aws-lc-rs
+//! as the process default unless the application installed one before. An
+//! application that adds a crate enabling `ring` should install its choice once at start
+//! (`rustls::crypto::aws_lc_rs::default_provider().install_default()`) before any TLS
+//! connection, since rustls cannot pick a default when two providers are compiled in.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
@@ -63,6 +88,8 @@ pub mod migrate;
 pub mod queue;
 pub mod registry;
 pub mod storage;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+mod tls;
 
 pub use registry::{
     Opener, Registry, open_blob_store, open_compute, open_document_store, open_queue,

@@ -40,6 +40,28 @@
 //!   `JSON_EQUALS` (MariaDB ≥ 10.7). Ordering follows the reference total order, then the id;
 //!   cursors are opaque keyset cursors.
 //!
+//! # TLS
+//!
+//! rustls with the aws-lc-rs provider, compiled in with the `mysql` feature (shared option
+//! handling in the crate's `tls` module). URL parameters, sqlx's MySQL names (the PostgreSQL
+//! spellings `sslmode`, `sslrootcert` and their values are accepted too and rewritten):
+//! - `ssl-mode`: `DISABLED`; `PREFERRED`, the default (TLS when the server offers it,
+//!   without checking the certificate, else plain TCP); `REQUIRED` (TLS, certificate not
+//!   checked); `VERIFY_CA` (meant to check the chain only, but sqlx 0.8 also checks the host
+//!   name, a known sqlx issue with current rustls, so it is as strict as `VERIFY_IDENTITY`);
+//!   `VERIFY_IDENTITY` (chain and host name, DNS name or IP address, checked). Managed cloud
+//!   databases: `ssl-mode=VERIFY_IDENTITY`.
+//! - `ssl-ca=FILE`: PEM CA certificates trusted in addition to Mozilla's root set
+//!   (webpki-roots), which is always trusted. Read at connect: a file that cannot be read or
+//!   holds no certificate is `InvalidArgument`. (`ssl-cert`/`ssl-key`, a client certificate,
+//!   go to sqlx unchanged; untested here.)
+//!
+//! An untrusted server certificate or a host name mismatch fails the connect with
+//! [`Unauthenticated`](ErrorKind::Unauthenticated) ("TLS handshake failed: certificate not
+//! trusted: …", "… name mismatch: the server's certificate is not valid for `HOST` …"): not
+//! retryable, the configuration has to change. A server without TLS under a mode that needs
+//! it is [`Unavailable`](ErrorKind::Unavailable). An unknown `ssl-mode` is `InvalidArgument`.
+//!
 //! # Failures
 //!
 //! Pool acquisition times out after 5 s and every operation has an overall deadline
@@ -181,6 +203,7 @@ impl MysqlDocumentStore {
             Some(rest) => format!("mysql://{rest}"),
             None => url.to_string(),
         };
+        let url = crate::tls::sql_url(BACKEND, &url, crate::tls::SqlDialect::Mysql)?;
         let options = MySqlConnectOptions::from_str(&url).map_err(|_| {
             // Not the parser's message: it may quote the URL.
             Error::invalid(BACKEND, "invalid MySQL/MariaDB URL")
@@ -340,6 +363,9 @@ fn row_to_document(row: &MySqlRow) -> Result<Document> {
 
 /// Maps a sqlx error to the portable kinds; the message names the operation only.
 fn map_err(e: sqlx::Error, operation: &str) -> Error {
+    if let Some(tls) = crate::tls::failure(BACKEND, operation, &e) {
+        return tls.with_source(e);
+    }
     let kind = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -47,6 +47,28 @@
 //! - Cursors are opaque keyset cursors (the last document's sort key and id), so pages stay
 //!   consistent while documents are written between pages.
 //!
+//! # TLS
+//!
+//! rustls with the aws-lc-rs provider, compiled in with the `postgres` feature (shared option
+//! handling in the crate's `tls` module). URL parameters, libpq's names (the MySQL spellings
+//! `ssl-mode`, `ssl-ca` and their values are accepted too and rewritten):
+//! - `sslmode`: `disable`; `allow` (sqlx treats it as `disable`); `prefer`, the default (TLS
+//!   when the server offers it, without checking the certificate, else plain TCP); `require`
+//!   (TLS, certificate not checked); `verify-ca` (meant to check the chain only, but sqlx 0.8
+//!   also checks the host name, a known sqlx issue with current rustls, so it is as strict as
+//!   `verify-full`); `verify-full` (chain and host name, DNS name or IP address, checked).
+//!   Managed cloud databases: `sslmode=verify-full`.
+//! - `sslrootcert=FILE`: PEM CA certificates trusted in addition to Mozilla's root set
+//!   (webpki-roots), which is always trusted. Read at connect: a file that cannot be read or
+//!   holds no certificate is `InvalidArgument`. (`sslcert`/`sslkey`, a client certificate, go
+//!   to sqlx unchanged; untested here.)
+//!
+//! An untrusted server certificate or a host name mismatch fails the connect with
+//! [`Unauthenticated`](ErrorKind::Unauthenticated) ("TLS handshake failed: certificate not
+//! trusted: …", "… name mismatch: the server's certificate is not valid for `HOST` …"): not
+//! retryable, the configuration has to change. A server without TLS under a mode that needs
+//! it is [`Unavailable`](ErrorKind::Unavailable). An unknown `sslmode` is `InvalidArgument`.
+//!
 //! # Failures
 //!
 //! Every pool acquisition times out (5 s by default) and every operation has an overall
@@ -197,7 +219,8 @@ impl PostgresDocumentStore {
     /// [resource name](validate::resource_name)), e.g. one table per application or test run.
     pub async fn connect_table(url: &str, table: &str) -> Result<Self> {
         validate::resource_name(BACKEND, "table", table)?;
-        let options = PgConnectOptions::from_str(url).map_err(|_| {
+        let url = crate::tls::sql_url(BACKEND, url, crate::tls::SqlDialect::Postgres)?;
+        let options = PgConnectOptions::from_str(&url).map_err(|_| {
             // Not the parser's message: it may quote the URL.
             Error::invalid(BACKEND, "invalid PostgreSQL URL")
         })?;
@@ -377,6 +400,9 @@ fn row_to_document(row: &PgRow) -> Result<Document> {
 /// Maps a sqlx error to the portable kinds. The message names the operation only: sqlx's
 /// own text stays reachable as `source()` (it never holds the URL for runtime errors).
 fn map_err(e: sqlx::Error, operation: &str) -> Error {
+    if let Some(tls) = crate::tls::failure(BACKEND, operation, &e) {
+        return tls.with_source(e);
+    }
     let kind = match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

@@ -1,4 +1,5 @@
-//! Redis document store (`redis://host:port/db`): see [`RedisDocumentStore`].
+//! Redis document store (`redis://host:port/db`, over TLS `rediss://`): see
+//! [`RedisDocumentStore`].
 
 use super::common::{check_capabilities, check_document, page_limit};
 use async_trait::async_trait;
@@ -234,6 +235,26 @@ impl Scripts {
 /// applied); the [`ConnectionManager`] reconnects by itself, so the same handle works again
 /// once the server is back. Error messages never contain the URL (it may hold a password).
 ///
+/// # TLS
+///
+/// `rediss://` connects over TLS: rustls with the aws-lc-rs provider, compiled in with the
+/// `redis` feature. The server's certificate must chain to a trusted CA and name the URL's
+/// host (DNS name or IP address). Query parameters:
+/// - `ca_file=FILE`: trust exactly the PEM CA certificates in `FILE` (they **replace** the
+///   default trust set, Mozilla's roots from webpki-roots). Read at connect: a file that
+///   cannot be read or holds no certificate is [`InvalidArgument`](ErrorKind::InvalidArgument).
+/// - `insecure=true` (default `false`; the crate's `#insecure` fragment means the same):
+///   checks neither the certificate nor the host name. For tests only; it cannot be combined
+///   with `ca_file`.
+///
+/// `ca_file` or `insecure` on a `redis://` URL is `InvalidArgument`. An untrusted certificate
+/// or a host name mismatch fails the connect with
+/// [`Unauthenticated`](ErrorKind::Unauthenticated) ("TLS handshake failed: certificate not
+/// trusted: …", "… name mismatch: the server's certificate is not valid for `HOST` …"), not
+/// retryable. The `redis` crate builds its TLS configuration from rustls' process-default
+/// provider: the first `rediss://` connect installs aws-lc-rs as that default unless the
+/// application installed one before (which is then used).
+///
 /// # Example
 ///
 /// ```no_run
@@ -372,8 +393,23 @@ impl Cursor {
     }
 }
 
+/// `true`/`false` (also `1`/`0`, `yes`/`no`) for a boolean URL parameter.
+fn parse_flag(name: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(Error::invalid(
+            BACKEND,
+            format!("`{name}` is `true` or `false`, not `{value}`"),
+        )),
+    }
+}
+
 /// Maps a Redis error to the portable kinds; the message names the operation only.
 fn map_err(operation: &str, e: RedisError) -> Error {
+    if let Some(tls) = crate::tls::failure(BACKEND, operation, &e) {
+        return tls.with_source(e);
+    }
     let kind = if e.is_timeout() {
         ErrorKind::DeadlineExceeded
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -447,11 +483,12 @@ fn check_id(id: &str) -> Result<()> {
 }
 
 impl RedisDocumentStore {
-    /// Connects to `url` (`redis://[user:password@]host:port/db`). The query parameter
-    /// `prefix` sets the key namespace (default `docs`; see [`with_namespace`]); `provider`,
-    /// `region` and `zone` set the reported location (see [`Location::from_url`]; default
-    /// [`Location::unknown`], since a server address does not say where it runs); other
-    /// parameters go to the `redis` crate. Fails with
+    /// Connects to `url` (`redis://[user:password@]host:port/db`, or `rediss://…` for TLS).
+    /// The query parameter `prefix` sets the key namespace (default `docs`; see
+    /// [`with_namespace`]), `ca_file` and `insecure` configure TLS (see [the type's
+    /// docs](Self#tls)); `provider`, `region` and `zone` set the reported location (see
+    /// [`Location::from_url`]; default [`Location::unknown`], since a server address does not
+    /// say where it runs); other parameters go to the `redis` crate. Fails with
     /// [`InvalidArgument`](ErrorKind::InvalidArgument) for a bad URL and
     /// [`Unavailable`](ErrorKind::Unavailable) when the server cannot be reached.
     ///
@@ -475,27 +512,61 @@ impl RedisDocumentStore {
                 .map_err(|e| Error::invalid(BACKEND, e.message()))?
                 .unwrap_or_else(Location::unknown);
             let mut namespace = DEFAULT_NAMESPACE.to_string();
+            let mut ca_file = None;
+            let mut insecure = false;
             let mut rest = Vec::new();
             for (k, v) in parsed.query_pairs() {
                 if Location::URL_PARAMS.contains(&k.as_ref()) {
                     continue;
                 }
-                if k == "prefix" {
-                    namespace = v.into_owned();
-                } else {
-                    rest.push((k.into_owned(), v.into_owned()));
+                match k.as_ref() {
+                    "prefix" => namespace = v.into_owned(),
+                    "ca_file" => ca_file = Some(v.into_owned()),
+                    "insecure" => insecure = parse_flag("insecure", &v)?,
+                    _ => rest.push((k.into_owned(), v.into_owned())),
                 }
             }
             validate::resource_name(BACKEND, "key namespace", &namespace)?;
+            let tls = parsed.scheme() == "rediss";
+            if !tls && (ca_file.is_some() || insecure) {
+                return Err(Error::invalid(
+                    BACKEND,
+                    "`ca_file` and `insecure` need TLS: use a `rediss://` URL",
+                ));
+            }
+            if insecure && ca_file.is_some() {
+                return Err(Error::invalid(
+                    BACKEND,
+                    "`insecure` turns certificate checks off; it cannot be combined with `ca_file`",
+                ));
+            }
             if rest.is_empty() {
                 parsed.set_query(None);
             } else {
                 parsed.query_pairs_mut().clear().extend_pairs(rest);
             }
+            if insecure {
+                // The crate's spelling of the same switch.
+                parsed.set_fragment(Some("insecure"));
+            }
+            if tls {
+                // The crate builds its rustls configuration from the process default.
+                crate::tls::ensure_default_provider();
+            }
             // The crate's own messages may quote the URL: keep them out of ours.
-            let client = redis::Client::open(parsed.as_str()).map_err(|_| {
-                Error::invalid(BACKEND, "the Redis URL is not a valid connection string")
-            })?;
+            let invalid =
+                |_| Error::invalid(BACKEND, "the Redis URL is not a valid connection string");
+            let client = match ca_file {
+                Some(path) => {
+                    let pem = crate::tls::read_ca_file(BACKEND, "ca_file", &path)?;
+                    let certs = redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    };
+                    redis::Client::build_with_tls(parsed.as_str(), certs).map_err(invalid)?
+                }
+                None => redis::Client::open(parsed.as_str()).map_err(invalid)?,
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(3)))

@@ -50,7 +50,13 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts a proxy on an ephemeral loopback port forwarding to `target`.
     pub async fn start(target: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on("127.0.0.1:0", target).await
+    }
+
+    /// Starts a proxy listening on `bind` (a loopback address, e.g. `127.0.0.2:0` to reach a
+    /// server under another address than its certificate names) forwarding to `target`.
+    pub async fn start_on(bind: &str, target: &str) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let target = target.to_string();
         let up = Arc::new(AtomicBool::new(true));
@@ -87,7 +93,7 @@ impl TcpProxy {
         }
     }
 
-    /// The proxy's address, `127.0.0.1:PORT`.
+    /// The proxy's address, e.g. `127.0.0.1:PORT`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
