@@ -34,7 +34,8 @@
 //!   cargo feature;
 //! - [`registry`]: `open_*` by URL, and registration of your own schemes;
 //! - [`layers`]: tower middleware (metrics, retry, timeout, fault injection) for all traits;
-//! - [`migrate`]: copy a prefix or a collection between any two backends of a trait.
+//! - [`migrate`]: copy a prefix or a collection between any two backends of a trait;
+//! - [`multicloud`]: combinators over backends in several clouds (failover today).
 //!
 //! # Features
 //!
@@ -59,6 +60,7 @@ pub mod compute;
 pub mod database;
 pub mod layers;
 pub mod migrate;
+pub mod multicloud;
 pub mod queue;
 pub mod registry;
 pub mod storage;
