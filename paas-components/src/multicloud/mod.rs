@@ -6,12 +6,14 @@
 //! | module | what | status |
 //! |---|---|---|
 //! | [`failover`] | ordered members of one trait, each behind a circuit breaker; idempotent requests move on at once; hedged reads | exists |
-//! | `replicate` | active-active replication of documents and blobs with durable hints, tombstones and repair | planned |
+//! | [`replicate`] | active-active replication of documents with durable hints, tombstones, replay and repair | documents exist; blobs planned |
 //! | `cell` | per-vehicle cell routing from a placement plan | planned |
 //!
 //! The circuit breaker itself is a layer ([`crate::layers::CircuitBreaker`]), usable on its
 //! own; a failover gives each member one.
 
 pub mod failover;
+pub mod replicate;
 
 pub use failover::{Failover, FailoverBuilder, FailoverHandle, HedgeConfig, MemberStatus};
+pub use replicate::{ReplicatedDocumentStore, ReplicationBuilder};
