@@ -451,3 +451,26 @@ impl ReplicatedDocumentStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn futures_are_send() {
+        let store =
+            ReplicatedDocumentStore::build(Vec::new(), "o".into(), ReplicationConfig::default());
+        assert!(store.is_err());
+        let builder = ReplicationBuilder::new();
+        assert_send(&builder.build());
+    }
+
+    #[allow(dead_code)]
+    fn store_futures_are_send(store: &ReplicatedDocumentStore) {
+        assert_send(&store.replay_hints());
+        assert_send(&store.repair_all("c"));
+        assert_send(&store.repair("c", RepairCursor::default(), 1));
+    }
+}
