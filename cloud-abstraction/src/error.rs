@@ -69,6 +69,42 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// Whether trying the same request again may help, beside the [`ErrorKind`] (as OpenDAL's
+/// error status): so that layers compose without multiplying retries.
+///
+/// A retry layer that gives up marks its last error [`Persistent`](Self::Persistent), and a
+/// circuit breaker answers `Persistent` while open: an outer retry then does not retry the
+/// same target again, but a failover may still send the request to *another* member, because
+/// the kind (e.g. [`ErrorKind::Unavailable`]) still says the target, not the request, failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorStatus {
+    /// Trying again may help now (the default of the retryable kinds).
+    Temporary,
+    /// Was temporary, but an inner layer already retried (or a breaker is open): retrying the
+    /// same target now will not help.
+    Persistent,
+    /// Trying again can never help (the default of every other kind).
+    Permanent,
+}
+
+impl ErrorStatus {
+    /// A short, stable, snake_case name (for metrics labels and logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Temporary => "temporary",
+            Self::Persistent => "persistent",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
+impl fmt::Display for ErrorStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The error of every operation in this API.
@@ -77,6 +113,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// what failed (never a secret), and the backend's own error as [`source`](std::error::Error::source).
 pub struct Error {
     kind: ErrorKind,
+    status: ErrorStatus,
     backend: Cow<'static, str>,
     message: String,
     source: Option<BoxError>,
@@ -91,6 +128,11 @@ impl Error {
     ) -> Self {
         Self {
             kind,
+            status: if kind.is_retryable() {
+                ErrorStatus::Temporary
+            } else {
+                ErrorStatus::Permanent
+            },
             backend: backend.into(),
             message: message.into(),
             source: None,
@@ -137,10 +179,53 @@ impl Error {
         self.kind
     }
 
-    /// Whether retrying the same request may succeed (see [`ErrorKind::is_retryable`]).
+    /// Whether retrying the same request against the same target may succeed now: the kind
+    /// is retryable ([`ErrorKind::is_retryable`]) and the [status](Self::status) is still
+    /// [`Temporary`](ErrorStatus::Temporary).
     pub fn is_retryable(&self) -> bool {
+        self.kind.is_retryable() && self.status == ErrorStatus::Temporary
+    }
+
+    /// Whether the failure was the target's, not the request's (a retryable kind, whatever
+    /// the status): another member of a failover or replica set may still serve the request.
+    pub fn is_target_failure(&self) -> bool {
         self.kind.is_retryable()
     }
+
+    /// The status: temporary, persistent or permanent (see [`ErrorStatus`]).
+    pub fn status(&self) -> ErrorStatus {
+        self.status
+    }
+
+    /// Marks a temporary error [`Persistent`](ErrorStatus::Persistent): retrying it here
+    /// already happened (or cannot help now). Permanent errors stay permanent.
+    pub fn persist(mut self) -> Self {
+        if self.status == ErrorStatus::Temporary {
+            self.status = ErrorStatus::Persistent;
+        }
+        self
+    }
+
+    /// Sets the status explicitly (e.g. a backend that knows a failure is final).
+    pub fn with_status(mut self, status: ErrorStatus) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The same error reported by `backend`, if it names none yet ([`Error::UNNAMED`]).
+    ///
+    /// Middleware that does not know which backend it wraps (a timeout, a rate limit) raises
+    /// unnamed errors; the bridge back to a trait names them after the backend underneath, so
+    /// a timeout keeps the name of the backend it timed out on.
+    pub fn or_backend(mut self, backend: &str) -> Self {
+        if self.backend == Self::UNNAMED {
+            self.backend = Cow::Owned(backend.to_string());
+        }
+        self
+    }
+
+    /// The backend name of an error raised by middleware that does not know its backend.
+    pub const UNNAMED: &'static str = "";
 
     /// The name of the backend that raised the error (e.g. `"memory"`, `"postgres"`).
     pub fn backend(&self) -> &str {
@@ -155,7 +240,16 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.backend, self.kind, self.message)
+        let backend = if self.backend == Self::UNNAMED {
+            "middleware"
+        } else {
+            &self.backend
+        };
+        write!(f, "{backend} ({}", self.kind)?;
+        if self.status == ErrorStatus::Persistent {
+            f.write_str(", persistent")?;
+        }
+        write!(f, "): {}", self.message)
     }
 }
 
@@ -163,6 +257,7 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind)
+            .field("status", &self.status)
             .field("backend", &self.backend)
             .field("message", &self.message);
         if let Some(source) = &self.source {
@@ -196,6 +291,33 @@ mod tests {
         assert!(!ErrorKind::NotFound.is_retryable());
         assert!(!ErrorKind::PreconditionFailed.is_retryable());
         assert!(!ErrorKind::Internal.is_retryable());
+    }
+
+    #[test]
+    fn status_defaults_and_persist() {
+        let e = Error::unavailable("pg", "down");
+        assert_eq!(e.status(), ErrorStatus::Temporary);
+        assert!(e.is_retryable() && e.is_target_failure());
+        let e = e.persist();
+        assert_eq!(e.status(), ErrorStatus::Persistent);
+        assert!(!e.is_retryable(), "an exhausted retry is not retried again");
+        assert!(
+            e.is_target_failure(),
+            "but another member may still serve it"
+        );
+        assert_eq!(e.to_string(), "pg (unavailable, persistent): down");
+        let e = Error::not_found("pg", "x").persist();
+        assert_eq!(e.status(), ErrorStatus::Permanent);
+        assert!(!e.is_target_failure());
+    }
+
+    #[test]
+    fn unnamed_errors_take_the_backend_name() {
+        let e = Error::new(ErrorKind::DeadlineExceeded, Error::UNNAMED, "slow");
+        assert_eq!(e.to_string(), "middleware (deadline_exceeded): slow");
+        let e = e.or_backend("postgres");
+        assert_eq!(e.backend(), "postgres");
+        assert_eq!(e.or_backend("other").backend(), "postgres");
     }
 
     #[test]

@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod capabilities;
 pub mod compute;
 pub mod database;
 mod error;
@@ -58,7 +59,7 @@ pub mod testkit;
 
 pub use compute::Compute;
 pub use database::DocumentStore;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, ErrorStatus, Result};
 pub use location::{BackendInfo, Location};
 pub use queue::MessageQueue;
 pub use storage::BlobStore;

@@ -9,14 +9,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Turns a middleware error back into the API's [`Error`].
 ///
-/// Our own errors pass through unchanged. Errors raised by generic tower middleware (timeouts,
+/// Our own errors pass through unchanged, except that an error raised by middleware that does
+/// not know its backend ([`Error::UNNAMED`]) is named after `backend`. Errors raised by generic tower middleware (timeouts,
 /// load shedding, a closed buffer) carry no kind; they become
 /// [`Unavailable`](ErrorKind::Unavailable), which is retryable, with the original as source.
 /// `paas_components::layers` maps tower's own error types to more precise kinds.
 pub fn error_from_service(backend: &str, error: impl Into<BoxError>) -> Error {
     let error: BoxError = error.into();
     match error.downcast::<Error>() {
-        Ok(error) => *error,
+        Ok(error) => error.or_backend(backend),
         Err(other) => Error::new(
             ErrorKind::Unavailable,
             backend.to_string(),
@@ -75,6 +76,12 @@ pub trait OperationRequest {
     /// Whether sending the request twice has the same effect as sending it once, so that a
     /// retry after an ambiguous failure is safe.
     fn is_idempotent(&self) -> bool;
+
+    /// Whether the request only reads (changes nothing anywhere), so that it may be sent to two
+    /// replicas at once (a hedged read) and either answer used. `false` unless a trait says so.
+    fn is_read(&self) -> bool {
+        false
+    }
 }
 
 mod operation_request_impls {
@@ -106,6 +113,9 @@ mod operation_request_impls {
                 _ => true,
             }
         }
+        fn is_read(&self) -> bool {
+            !self.is_write()
+        }
     }
 
     impl OperationRequest for DocumentRequest {
@@ -125,6 +135,14 @@ mod operation_request_impls {
                 DocumentRequest::Delete { condition, .. } => *condition == WriteCondition::Any,
                 DocumentRequest::Put { .. } | DocumentRequest::WriteBatch { .. } => false,
             }
+        }
+        fn is_read(&self) -> bool {
+            matches!(
+                self,
+                DocumentRequest::Get { .. }
+                    | DocumentRequest::GetMany { .. }
+                    | DocumentRequest::Query { .. }
+            )
         }
     }
 
@@ -161,6 +179,14 @@ mod operation_request_impls {
         fn is_idempotent(&self) -> bool {
             // Desired-state operations are idempotent by design.
             true
+        }
+        fn is_read(&self) -> bool {
+            matches!(
+                self,
+                ComputeRequest::Get { .. }
+                    | ComputeRequest::List { .. }
+                    | ComputeRequest::Logs { .. }
+            )
         }
     }
 }

@@ -35,7 +35,8 @@
 //! - [`registry`]: `open_*` by URL (location parameters included), registration of your own
 //!   schemes, and [`Registry`] values beside the process-wide registry;
 //! - [`layers`]: tower middleware (metrics, retry, timeout, fault injection) for all traits;
-//! - [`migrate`]: copy a prefix or a collection between any two backends of a trait.
+//! - [`migrate`]: copy a prefix or a collection between any two backends of a trait;
+//! - [`multicloud`]: combinators over backends in several clouds (failover today).
 //!
 //! # Features
 //!
@@ -85,6 +86,7 @@ pub mod compute;
 pub mod database;
 pub mod layers;
 pub mod migrate;
+pub mod multicloud;
 pub mod queue;
 pub mod registry;
 pub mod storage;

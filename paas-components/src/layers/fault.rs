@@ -141,7 +141,7 @@ where
                 Some(call) => call.await,
                 None => Err(Error::new(
                     ErrorKind::Unavailable,
-                    "fault-injection",
+                    Error::UNNAMED,
                     format!("injected failure of {} `{operation}`", Req::KIND),
                 )),
             }

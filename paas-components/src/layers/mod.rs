@@ -24,18 +24,39 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Tower's own middleware (rate and concurrency limits, load shedding, buffers) stacks in the
-//! same way; their errors come back as retryable [`Unavailable`](cloud_abstraction::ErrorKind::Unavailable)
-//! errors (see [`cloud_abstraction::service_util::error_from_service`]).
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | [`MetricsLayer`] | `metrics` | a tracing span, a counter and a latency histogram per call |
+//! | [`RetryLayer`] | `retry` | retries temporary failures of idempotent calls within a retry budget |
+//! | [`TimeoutLayer`] | `timeout` | `DeadlineExceeded` after a limit, naming the backend |
+//! | [`CircuitBreaker`] | `circuit_breaker` | stops calling a failing backend; half-open probes; hysteresis |
+//! | [`RateLimitLayer`], [`ConcurrencyLimitLayer`] | `limit` | shared limits; over the limit: `ResourceExhausted` |
+//! | [`FaultInjector`] | `fault` | takes a backend down, fails a fraction of calls, adds latency (tests, game days) |
+//!
+//! Every layer's state that must outlive a clone (breaker, budget, limits, faults) lives
+//! behind an `Arc`, because the bridge clones a service for each call. Errors raised by a
+//! layer that does not know its backend are named after the backend underneath when they come
+//! out of the bridge ([`cloud_abstraction::Error::or_backend`]).
+//!
+//! Tower's own middleware (load shedding, buffers) stacks in the same way; their errors come
+//! back as retryable [`Unavailable`](cloud_abstraction::ErrorKind::Unavailable) errors (see
+//! [`cloud_abstraction::service_util::error_from_service`]).
 
+mod circuit_breaker;
 mod fault;
+mod limit;
 mod metrics;
 mod retry;
 mod timeout;
 
+pub use circuit_breaker::{
+    BreakerSnapshot, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer,
+    CircuitBreakerService, FailurePredicate, Permit, SlidingWindow, Transition,
+};
 pub use fault::{FaultInjector, FaultLayer, FaultService};
+pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit, RateLimitLayer};
 pub use metrics::{MetricsLayer, MetricsService};
-pub use retry::{RetryLayer, RetryPolicy};
+pub use retry::{Retry, RetryLayer};
 pub use timeout::{Timeout, TimeoutLayer};
 
 use cloud_abstraction::compute::service::{

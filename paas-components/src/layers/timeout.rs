@@ -59,7 +59,7 @@ where
                 Ok(result) => result,
                 Err(_) => Err(Error::new(
                     ErrorKind::DeadlineExceeded,
-                    "timeout",
+                    Error::UNNAMED,
                     format!(
                         "{} `{operation}` did not finish within {limit:?}",
                         Req::KIND

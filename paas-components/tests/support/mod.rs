@@ -4,6 +4,7 @@
 
 pub mod blob_faults;
 pub mod document_faults;
+pub mod jepsen;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,5 +121,39 @@ impl Drop for TcpProxy {
                 task.abort();
             }
         }
+    }
+}
+
+/// Deletes every key of the Redis document store namespace `ns` (SCAN + DEL), with an
+/// independent client.
+#[cfg(feature = "redis")]
+pub async fn redis_drop_namespace(url: &str, ns: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{{{ns}}}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        if !keys.is_empty() {
+            let _: u64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }

@@ -1,0 +1,302 @@
+//! A Jepsen-style harness for replicated stores: a seeded workload of concurrent writers that
+//! records every operation, a seeded nemesis that cuts and heals members, and a checker that
+//! finds every acknowledged write afterwards.
+
+use cloud_abstraction::database::{DocumentStore, PutDocumentOptions, Query, WriteCondition};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What an operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Put,
+    ConditionalUpdate,
+    Delete,
+}
+
+/// One operation of the workload, as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub key: usize,
+    pub kind: OpKind,
+    /// The value written (`None` for a delete); unique per operation.
+    pub value: Option<Value>,
+    pub start: Instant,
+    pub end: Instant,
+    pub acknowledged: bool,
+}
+
+/// Which members the nemesis acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    A,
+    B,
+    Both,
+}
+
+/// One nemesis step: at `at` after the start, cut (`true`) or heal (`false`) `target`.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    pub at: Duration,
+    pub target: Target,
+    pub cut: bool,
+}
+
+/// Cut A, heal, cut B, heal, cut both for a moment, heal: at seeded random times within
+/// `duration` (the last heal well before the end).
+pub fn nemesis_plan(seed: u64, duration: Duration) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let slot = duration.as_secs_f64() / 6.0;
+    let mut at = |i: f64, min: f64, max: f64| {
+        Duration::from_secs_f64(slot * i + slot * rng.random_range(min..max))
+    };
+    vec![
+        Step {
+            at: at(0.0, 0.3, 0.7),
+            target: Target::A,
+            cut: true,
+        },
+        Step {
+            at: at(1.0, 0.3, 0.9),
+            target: Target::A,
+            cut: false,
+        },
+        Step {
+            at: at(2.0, 0.1, 0.5),
+            target: Target::B,
+            cut: true,
+        },
+        Step {
+            at: at(3.0, 0.1, 0.6),
+            target: Target::B,
+            cut: false,
+        },
+        Step {
+            at: at(4.0, 0.0, 0.4),
+            target: Target::Both,
+            cut: true,
+        },
+        Step {
+            at: at(4.0, 0.5, 0.7),
+            target: Target::Both,
+            cut: false,
+        },
+    ]
+}
+
+/// The workload's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    pub writers: usize,
+    pub keys: usize,
+    pub duration: Duration,
+    pub seed: u64,
+}
+
+pub fn key_id(key: usize) -> String {
+    format!("k{key:04}")
+}
+
+/// Runs the workload against `store` in `collection`; returns every operation.
+pub async fn run_workload(store: Arc<dyn DocumentStore>, collection: &str, w: Workload) -> Vec<Op> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..w.writers)
+        .map(|writer| {
+            let store = Arc::clone(&store);
+            let collection = collection.to_string();
+            tokio::spawn(async move {
+                let mut rng =
+                    StdRng::seed_from_u64(w.seed ^ (writer as u64).wrapping_mul(0x9E37_79B9));
+                let mut ops = Vec::new();
+                let mut seq = 0u64;
+                while started.elapsed() < w.duration {
+                    seq += 1;
+                    let key = rng.random_range(0..w.keys);
+                    let id = key_id(key);
+                    let roll: f64 = rng.random();
+                    let value = json!({"w": writer, "s": seq});
+                    let start = Instant::now();
+                    let (kind, result, value) = if roll < 0.6 {
+                        let r = store
+                            .put(
+                                &collection,
+                                &id,
+                                value.clone(),
+                                PutDocumentOptions::default(),
+                            )
+                            .await
+                            .map(|_| ());
+                        (OpKind::Put, r, Some(value))
+                    } else if roll < 0.8 {
+                        // Read, then update only if nobody wrote in between.
+                        let r = match store.get(&collection, &id).await {
+                            Ok(Some(doc)) => store
+                                .put(
+                                    &collection,
+                                    &id,
+                                    value.clone(),
+                                    PutDocumentOptions::if_revision(doc.revision),
+                                )
+                                .await
+                                .map(|_| ()),
+                            Ok(None) => store
+                                .put(
+                                    &collection,
+                                    &id,
+                                    value.clone(),
+                                    PutDocumentOptions::create(),
+                                )
+                                .await
+                                .map(|_| ()),
+                            Err(e) => Err(e),
+                        };
+                        (OpKind::ConditionalUpdate, r, Some(value))
+                    } else {
+                        let r = store
+                            .delete(&collection, &id, WriteCondition::Any)
+                            .await
+                            .map(|_| ());
+                        (OpKind::Delete, r, None)
+                    };
+                    let acknowledged = result.is_ok();
+                    if let Err(e) = &result {
+                        // Refused conditions are answers; everything else must be retryable.
+                        use cloud_abstraction::ErrorKind::*;
+                        assert!(
+                            matches!(e.kind(), PreconditionFailed | AlreadyExists)
+                                || e.is_target_failure(),
+                            "writer {writer}: unexpected error {e}"
+                        );
+                        if !e.is_target_failure() {
+                            // Not applied anywhere: leave it out of the history.
+                            continue;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    ops.push(Op {
+                        key,
+                        kind,
+                        value,
+                        start,
+                        end: Instant::now(),
+                        acknowledged,
+                    });
+                }
+                ops
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("writer task"));
+    }
+    all
+}
+
+/// Runs the nemesis plan, calling `act(target, cut)` at each step.
+pub async fn run_nemesis(plan: &[Step], mut act: impl AsyncFnMut(Target, bool)) {
+    let started = Instant::now();
+    for step in plan {
+        let wait = step.at.saturating_sub(started.elapsed());
+        tokio::time::sleep(wait).await;
+        act(step.target, step.cut).await;
+    }
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub operations: usize,
+    pub acknowledged: usize,
+    pub lost: Vec<String>,
+}
+
+/// Checks the final state (`key -> value`, absent for deleted or never written) against the
+/// history: the final state of each key must come from an operation that is not
+/// *definitely before* (ended before the start of) any acknowledged operation on that key.
+/// Within one process the hybrid clock orders versions like real time, so an acknowledged
+/// write that started after another ended must win over it: if it does not, it was lost.
+pub fn check(ops: &[Op], final_state: &HashMap<usize, Value>) -> Verdict {
+    let mut verdict = Verdict {
+        operations: ops.len(),
+        acknowledged: ops.iter().filter(|o| o.acknowledged).count(),
+        lost: Vec::new(),
+    };
+    let mut by_key: HashMap<usize, Vec<&Op>> = HashMap::new();
+    for op in ops {
+        by_key.entry(op.key).or_default().push(op);
+    }
+    for (key, history) in by_key {
+        let last_acked_start = history
+            .iter()
+            .filter(|o| o.acknowledged)
+            .map(|o| o.start)
+            .max();
+        let Some(last_acked_start) = last_acked_start else {
+            continue;
+        };
+        let final_value = final_state.get(&key);
+        // Candidates: operations that could have produced the final state.
+        let producers: Vec<&&Op> = history
+            .iter()
+            .filter(|o| match (&o.value, final_value) {
+                (Some(v), Some(f)) => v == f,
+                (None, None) => o.kind == OpKind::Delete,
+                _ => false,
+            })
+            .collect();
+        let explained = producers.iter().any(|o| o.end >= last_acked_start);
+        if !explained {
+            let last = history
+                .iter()
+                .filter(|o| o.acknowledged && o.start == last_acked_start)
+                .map(|o| format!("{:?} {:?}", o.kind, o.value))
+                .next()
+                .unwrap_or_default();
+            verdict.lost.push(format!(
+                "{}: final state {final_value:?} but an acknowledged {last} started after it",
+                key_id(key)
+            ));
+        }
+    }
+    verdict
+}
+
+/// Every document of `collection` in a member, as `(id, envelope without member metadata)`.
+pub async fn dump(member: &Arc<dyn DocumentStore>, collection: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = member
+            .query(
+                collection,
+                Query {
+                    cursor,
+                    limit: Some(500),
+                    ..Query::all()
+                },
+            )
+            .await
+            .expect("dump a member");
+        out.extend(page.documents.into_iter().map(|d| (d.id, d.value)));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// The user-visible final state from a member dump: live documents' values by key number.
+pub fn live_state(dump: &[(String, Value)]) -> HashMap<usize, Value> {
+    dump.iter()
+        .filter(|(_, env)| env["del"] != json!(true))
+        .filter_map(|(id, env)| {
+            let key = id.strip_prefix('k')?.parse().ok()?;
+            Some((key, env["v"].clone()))
+        })
+        .collect()
+}
