@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
     Put,
+    /// A create of a fresh key that is never written again (a command with its own id): an
+    /// acknowledged one that a member misses stays missed, unlike a hot key that a later
+    /// write would paper over.
+    Insert,
     ConditionalUpdate,
     Delete,
 }
@@ -97,6 +101,9 @@ pub struct Workload {
     pub seed: u64,
 }
 
+/// Keys from here on are inserted once each.
+pub const INSERT_KEYS: usize = 1_000_000;
+
 pub fn key_id(key: usize) -> String {
     format!("k{key:04}")
 }
@@ -115,12 +122,27 @@ pub async fn run_workload(store: Arc<dyn DocumentStore>, collection: &str, w: Wo
                 let mut seq = 0u64;
                 while started.elapsed() < w.duration {
                     seq += 1;
-                    let key = rng.random_range(0..w.keys);
-                    let id = key_id(key);
                     let roll: f64 = rng.random();
+                    let key = if roll >= 0.75 {
+                        INSERT_KEYS + writer * 1_000_000 + seq as usize
+                    } else {
+                        rng.random_range(0..w.keys)
+                    };
+                    let id = key_id(key);
                     let value = json!({"w": writer, "s": seq});
                     let start = Instant::now();
-                    let (kind, result, value) = if roll < 0.6 {
+                    let (kind, result, value) = if roll >= 0.75 {
+                        let r = store
+                            .put(
+                                &collection,
+                                &id,
+                                value.clone(),
+                                PutDocumentOptions::create(),
+                            )
+                            .await
+                            .map(|_| ());
+                        (OpKind::Insert, r, Some(value))
+                    } else if roll < 0.45 {
                         let r = store
                             .put(
                                 &collection,
@@ -131,7 +153,7 @@ pub async fn run_workload(store: Arc<dyn DocumentStore>, collection: &str, w: Wo
                             .await
                             .map(|_| ());
                         (OpKind::Put, r, Some(value))
-                    } else if roll < 0.8 {
+                    } else if roll < 0.6 {
                         // Read, then update only if nobody wrote in between.
                         let r = match store.get(&collection, &id).await {
                             Ok(Some(doc)) => store
