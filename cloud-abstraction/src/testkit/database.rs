@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 type Store = Arc<dyn DocumentStore>;
@@ -56,6 +57,7 @@ pub fn cases() -> Vec<Case<dyn DocumentStore>> {
         crate::conformance_case!(query_cross_type),
         crate::conformance_case!(query_order),
         crate::conformance_case!(query_paging),
+        crate::conformance_case!(query_paging_under_concurrent_writes),
         crate::conformance_case!(query_invalid_input),
         crate::conformance_case!(ttl_expiry),
         crate::conformance_case!(invalid_collection_names),
@@ -1221,6 +1223,178 @@ async fn query_paging(store: Store) {
     cleanup(&store, &c, doc_ids(&docs)).await;
     let page = store.query(&c, Query::all()).await.unwrap();
     assert!(page.documents.is_empty(), "everything deleted");
+}
+
+/// The ids the concurrent writer of [`query_paging_under_concurrent_writes`] works on: some
+/// sort before every stable id, some after, some between two stable ids.
+fn writer_ids() -> Vec<String> {
+    let mut ids: Vec<String> = (0..4).map(|i| format!("a{i}")).collect();
+    ids.extend((0..4).map(|i| format!("z{i}")));
+    ids.extend((0..20).step_by(3).map(|i| format!("s{i:02}x")));
+    ids
+}
+
+fn stable_documents() -> Vec<(String, Value)> {
+    (0..20)
+        .map(|i| (format!("s{i:02}"), json!({"n": i, "kind": "stable"})))
+        .collect()
+}
+
+fn stable_ids(stable: &[(String, Value)]) -> Vec<String> {
+    stable.iter().map(|(id, _)| id.clone()).collect()
+}
+
+/// What a paging of `base` that returned `seen` did wrong with the `stable` documents.
+fn check_stable_paging(
+    round: usize,
+    base: &Query,
+    seen: &[Document],
+    stable: &[(String, Value)],
+) -> Option<String> {
+    let stable_seen: Vec<String> = seen
+        .iter()
+        .filter(|d| d.id.len() == 3 && d.id.starts_with('s'))
+        .map(|d| d.id.clone())
+        .collect();
+    let stable_docs: Vec<(&str, Value)> = stable
+        .iter()
+        .map(|(i, v)| (i.as_str(), v.clone()))
+        .collect();
+    let expected = reference_ids(&stable_docs, base);
+    if stable_seen != expected {
+        return Some(format!(
+            "round {round}, {base:?}: the stable documents came as {stable_seen:?}, \
+             not exactly once each in query order {expected:?}"
+        ));
+    }
+    for d in seen {
+        if let Some((_, v)) = stable.iter().find(|(id, _)| *id == d.id) {
+            if &d.value != v {
+                return Some(format!("stable document `{}` read as {}", d.id, d.value));
+            }
+        }
+    }
+    if base.order_by.is_empty() {
+        let unique: HashSet<&str> = seen.iter().map(|d| d.id.as_str()).collect();
+        if unique.len() != seen.len() {
+            return Some(format!(
+                "in id order a document came twice: {:?}",
+                ids(seen)
+            ));
+        }
+    }
+    None
+}
+
+/// The paging contract of [`DocumentStore`]: while others insert, update and delete
+/// documents (before and after the cursor, in id order and in the query order), every
+/// document that stays unchanged is returned exactly once, in query order.
+async fn query_paging_under_concurrent_writes(store: Store) {
+    let caps = store.capabilities();
+    if !caps.query {
+        return; // `unclaimed_capabilities` asserts Unsupported.
+    }
+    let c = collection();
+    let stable = stable_documents();
+    for (id, v) in &stable {
+        put(&store, &c, id, v.clone()).await;
+    }
+    let mut queries = vec![Query::all()];
+    if caps.query_order {
+        queries.push(Query::all().order_by("n", Direction::Asc));
+        queries.push(Query::all().order_by("n", Direction::Desc));
+        queries.push(
+            Query::all()
+                .order_by("kind", Direction::Desc)
+                .order_by("n", Direction::Asc),
+        );
+    }
+    // A writer that keeps inserting, updating and deleting other documents, with order
+    // values among the stable ones', while the reader pages.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, c, stop) = (Arc::clone(&store), c.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let ids = writer_ids();
+            let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = move || {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                seed >> 33
+            };
+            let mut writes = 0u32;
+            while !stop.load(Ordering::Relaxed) && writes < 5000 {
+                let id = &ids[(next() as usize) % ids.len()];
+                let n = (next() % 26) as i64 - 3;
+                let result = if next() % 3 == 0 {
+                    store.delete(&c, id, WriteCondition::Any).await.map(|_| ())
+                } else {
+                    store
+                        .put(
+                            &c,
+                            id,
+                            json!({"n": n, "kind": "writer"}),
+                            PutDocumentOptions::default(),
+                        )
+                        .await
+                        .map(|_| ())
+                };
+                if let Err(e) = result {
+                    panic!("concurrent write of `{id}` failed: {e}");
+                }
+                writes += 1;
+                tokio::task::yield_now().await;
+            }
+            writes
+        })
+    };
+    let mut failure = None;
+    for (round, base) in queries.iter().enumerate() {
+        let mut query = Query {
+            limit: Some(3),
+            ..base.clone()
+        };
+        let mut seen: Vec<Document> = Vec::new();
+        for page_no in 0..200 {
+            let page = match store.query(&c, query.clone()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    failure = Some(format!("query {query:?} failed: {e}"));
+                    break;
+                }
+            };
+            seen.extend(page.documents);
+            // Deterministic interference too: between two pages, a document that sorts
+            // before the cursor (in id and in `n` order) appears and one after it goes.
+            let before = format!("a{}", page_no % 4);
+            let after = format!("z{}", (page_no + 1) % 4);
+            let n = if page_no % 2 == 0 { -100 } else { 100 };
+            put(&store, &c, &before, json!({"n": n, "kind": "writer"})).await;
+            cleanup(&store, &c, [after]).await;
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        if failure.is_none() {
+            failure = check_stable_paging(round, base, &seen, &stable);
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = match writer.await {
+        Ok(n) => n,
+        Err(e) => panic!("the concurrent writer failed: {e}"),
+    };
+    cleanup(&store, &c, writer_ids()).await;
+    cleanup(&store, &c, stable_ids(&stable)).await;
+    if let Some(failure) = failure {
+        panic!("{failure}");
+    }
+    assert!(writes > 0, "the writer wrote while the reader paged");
 }
 
 async fn query_invalid_input(store: Store) {
