@@ -63,6 +63,7 @@ pub fn cases() -> Vec<Case<dyn DocumentStore>> {
         crate::conformance_case!(invalid_collection_names),
         crate::conformance_case!(invalid_ids),
         crate::conformance_case!(oversized_document),
+        crate::conformance_case!(nesting_depth_limit),
         crate::conformance_case!(unclaimed_capabilities),
     ]
 }
@@ -1700,6 +1701,76 @@ async fn oversized_document(store: Store) {
         );
     }
     cleanup(&store, &c, ["fits"]).await;
+}
+
+/// `levels` arrays and objects nested in one another, alternating, around a number.
+fn nested_document(levels: usize) -> Value {
+    let mut v = json!(7);
+    for i in 0..levels {
+        v = if i % 2 == 0 {
+            json!({"k": v})
+        } else {
+            json!([v])
+        };
+    }
+    v
+}
+
+/// Documents nesting up to [`MAX_DOCUMENT_DEPTH`](crate::validate::MAX_DOCUMENT_DEPTH)
+/// arrays and objects are stored and read back; deeper ones are `InvalidArgument` at write
+/// time, by `put` and `write_batch` alike, and leave the collection readable.
+async fn nesting_depth_limit(store: Store) {
+    let c = collection();
+    let max = crate::validate::MAX_DOCUMENT_DEPTH;
+    let deepest = nested_document(max);
+    put(&store, &c, "deepest", deepest.clone()).await;
+    assert_eq!(
+        get(&store, &c, "deepest").await.map(|d| d.value),
+        Some(deepest),
+        "a document of {max} levels"
+    );
+    for levels in [max + 1, 200] {
+        assert_kind(
+            store
+                .put(
+                    &c,
+                    "deeper",
+                    nested_document(levels),
+                    PutDocumentOptions::default(),
+                )
+                .await,
+            ErrorKind::InvalidArgument,
+            &format!("a document of {levels} levels"),
+        );
+    }
+    if store.capabilities().transactions {
+        let batch = vec![
+            put_op(&c, "fine", json!({"a": 1}), PutDocumentOptions::default()),
+            put_op(
+                &c,
+                "deeper",
+                nested_document(max + 1),
+                PutDocumentOptions::default(),
+            ),
+        ];
+        assert_kind(
+            store.write_batch(batch).await,
+            ErrorKind::InvalidArgument,
+            "a batch with a document too deep",
+        );
+        assert!(
+            get(&store, &c, "fine").await.is_none(),
+            "nothing of the batch"
+        );
+    }
+    assert!(get(&store, &c, "deeper").await.is_none());
+    if store.capabilities().query {
+        let got = query_all(&store, &c, Query::all()).await;
+        assert_eq!(ids(&got), ["deepest"], "the collection stays readable");
+        let got = query_all(&store, &c, Query::all().filter(Filter::eq("k.x", 1))).await;
+        assert!(got.is_empty(), "a filter over the deep document");
+    }
+    cleanup(&store, &c, ["deepest"]).await;
 }
 
 async fn unclaimed_capabilities(store: Store) {

@@ -14,7 +14,9 @@
 //! model test). Shared rules, so that backends answer alike:
 //! - collections and ids are checked with `cloud_abstraction::validate`, field paths with
 //!   [`validate_field_path`](cloud_abstraction::database::validate_field_path);
-//! - a serialized document over `max_document_size` (1 MiB) is `InvalidArgument`;
+//! - a serialized document over `max_document_size` (1 MiB), or one nesting more than
+//!   [`MAX_DOCUMENT_DEPTH`](cloud_abstraction::validate::MAX_DOCUMENT_DEPTH) arrays and
+//!   objects, is `InvalidArgument`;
 //! - a query page holds at most `limit` documents
 //!   ([`page_limit`](cloud_abstraction::database::page_limit): default 100, at most 1000; 0
 //!   is `InvalidArgument`); cursors are keyset cursors
@@ -64,6 +66,8 @@ pub(crate) mod common {
         if options.ttl.is_some() && !caps.ttl {
             return Err(Error::unsupported(backend, "a document TTL"));
         }
+        // Before measuring: serializing a very deep value would recurse as deep.
+        validate::document_depth(backend, value)?;
         if let Some(max) = caps.max_document_size {
             let len = serialized_len(value);
             validate::payload_size(backend, "the serialized document", len, Some(max))?;
