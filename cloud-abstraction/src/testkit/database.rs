@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 type Store = Arc<dyn DocumentStore>;
@@ -41,6 +41,7 @@ pub fn cases() -> Vec<Case<dyn DocumentStore>> {
         crate::conformance_case!(put_get_round_trip),
         crate::conformance_case!(get_absent),
         crate::conformance_case!(value_types_round_trip),
+        crate::conformance_case!(numbers_round_trip),
         crate::conformance_case!(collections_are_isolated),
         crate::conformance_case!(put_create_conflict),
         crate::conformance_case!(put_revision_conditions),
@@ -55,6 +56,7 @@ pub fn cases() -> Vec<Case<dyn DocumentStore>> {
         crate::conformance_case!(query_operators_strings),
         crate::conformance_case!(query_nested_fields),
         crate::conformance_case!(query_cross_type),
+        crate::conformance_case!(query_unusual_field_names),
         crate::conformance_case!(query_order),
         crate::conformance_case!(query_paging),
         crate::conformance_case!(query_paging_under_concurrent_writes),
@@ -334,6 +336,63 @@ async fn value_types_round_trip(store: Store) {
         cleanup(&store, &c, [id]).await;
     }
     cleanup(&store, &c, (0..values.len()).map(|i| format!("v{i}"))).await;
+}
+
+/// Numbers come back exactly as written (the same `serde_json::Number`), and an `eq` filter
+/// on the written value finds them: no rounding through a shorter decimal form.
+async fn numbers_round_trip(store: Store) {
+    let c = collection();
+    let numbers = [
+        json!(123_456_789.123_456_79_f64),
+        json!(0.1_f64),
+        json!(1.0_f64 / 3.0),
+        json!(-2.225_073_858_507_201_4e-308_f64),
+        json!(5e-324_f64),
+        json!(f64::MAX),
+        json!(f64::MIN),
+        json!(i64::MIN),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        json!(2.5_f64),
+    ];
+    for (i, n) in numbers.iter().enumerate() {
+        let id = format!("n{i:02}");
+        let doc = json!({"x": n, "nested": {"list": [n]}});
+        put(&store, &c, &id, doc.clone()).await;
+        assert_eq!(
+            get(&store, &c, &id).await.map(|d| d.value),
+            Some(doc),
+            "the number {n} read back"
+        );
+    }
+    if store.capabilities().query {
+        for (i, n) in numbers.iter().enumerate() {
+            let got = query_all(&store, &c, Query::all().filter(Filter::eq("x", n.clone()))).await;
+            assert_eq!(
+                ids(&got),
+                [format!("n{i:02}")],
+                "an eq filter on the written number {n}"
+            );
+        }
+        if store.capabilities().query_order {
+            let docs: Vec<(String, Value)> = numbers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("n{i:02}"), json!({"x": n})))
+                .collect();
+            let docs: Vec<(&str, Value)> =
+                docs.iter().map(|(i, v)| (i.as_str(), v.clone())).collect();
+            let q = Query::all().order_by("x", Direction::Asc).limit(4);
+            let got = query_all(&store, &c, q.clone()).await;
+            assert_eq!(
+                ids(&got),
+                reference_ids(&docs, &q),
+                "ordered by the numbers"
+            );
+        }
+    }
+    let all: Vec<String> = (0..numbers.len()).map(|i| format!("n{i:02}")).collect();
+    cleanup(&store, &c, all).await;
 }
 
 async fn collections_are_isolated(store: Store) {
@@ -1313,8 +1372,10 @@ async fn query_paging_under_concurrent_writes(store: Store) {
     // A writer that keeps inserting, updating and deleting other documents, with order
     // values among the stable ones', while the reader pages.
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU32::new(0));
     let writer = {
         let (store, c, stop) = (Arc::clone(&store), c.clone(), Arc::clone(&stop));
+        let written = Arc::clone(&written);
         tokio::spawn(async move {
             let ids = writer_ids();
             let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -1345,11 +1406,19 @@ async fn query_paging_under_concurrent_writes(store: Store) {
                     panic!("concurrent write of `{id}` failed: {e}");
                 }
                 writes += 1;
+                written.store(writes, Ordering::Relaxed);
                 tokio::task::yield_now().await;
             }
             writes
         })
     };
+    // The reader starts once the writer is writing.
+    for _ in 0..500 {
+        if written.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut failure = None;
     for (round, base) in queries.iter().enumerate() {
         let mut query = Query {
@@ -1373,6 +1442,8 @@ async fn query_paging_under_concurrent_writes(store: Store) {
             let n = if page_no % 2 == 0 { -100 } else { 100 };
             put(&store, &c, &before, json!({"n": n, "kind": "writer"})).await;
             cleanup(&store, &c, [after]).await;
+            // Let the writer in between pages, also on a backend that never waits.
+            tokio::task::yield_now().await;
             match page.next_cursor {
                 Some(cursor) => query.cursor = Some(cursor),
                 None => break,
@@ -1396,6 +1467,64 @@ async fn query_paging_under_concurrent_writes(store: Store) {
         panic!("{failure}");
     }
     assert!(writes > 0, "the writer wrote while the reader paged");
+}
+
+/// Field names with characters that mean something in JSON-path syntaxes are queried
+/// literally on every backend; names the portable rule refuses (a segment starting with
+/// `-`) are `InvalidArgument` everywhere, never a silent empty result.
+async fn query_unusual_field_names(store: Store) {
+    let caps = store.capabilities();
+    if !caps.query {
+        return; // `unclaimed_capabilities` asserts Unsupported.
+    }
+    let c = collection();
+    let names = [
+        "a-b", "1", "0", "x y", "$", "*", "**", "[0]", "é", "日本", "@#", "'q'", "`b`", "a/b",
+        "+1", "a-", "_", "%", "(x)", "{}", "<>", "=", ",;",
+    ];
+    let mut docs: Vec<(String, Value)> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut obj = serde_json::Map::new();
+        obj.insert((*name).to_string(), json!(i));
+        let mut inner = serde_json::Map::new();
+        inner.insert((*name).to_string(), json!(i));
+        obj.insert("in".into(), Value::Object(inner));
+        docs.push((format!("u{i:02}"), Value::Object(obj)));
+    }
+    for (id, v) in &docs {
+        put(&store, &c, id, v.clone()).await;
+    }
+    for (i, name) in names.iter().enumerate() {
+        for path in [name.to_string(), format!("in.{name}")] {
+            let got = query_all(&store, &c, Query::all().filter(Filter::eq(&path, i))).await;
+            assert_eq!(
+                ids(&got),
+                [format!("u{i:02}")],
+                "an eq filter on the field {path:?}"
+            );
+        }
+    }
+    if caps.query_order {
+        let refs: Vec<(&str, Value)> = docs.iter().map(|(i, v)| (i.as_str(), v.clone())).collect();
+        let q = Query::all().order_by("$", Direction::Desc);
+        let got = query_all(&store, &c, q.clone()).await;
+        assert_eq!(
+            ids(&got),
+            reference_ids(&refs, &q),
+            "ordered by the field `$`"
+        );
+    }
+    for bad in ["-1", "->", "-", "in.-1"] {
+        assert_kind(
+            store
+                .query(&c, Query::all().filter(Filter::eq(bad, 1)))
+                .await,
+            ErrorKind::InvalidArgument,
+            &format!("a filter on the field {bad:?}"),
+        );
+    }
+    let all: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
+    cleanup(&store, &c, all).await;
 }
 
 async fn query_invalid_input(store: Store) {
