@@ -11,6 +11,13 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_DOCUMENT_ID_LEN: usize = 255;
 /// Longest resource name (collection, topic, group, workload), in bytes.
 pub const MAX_NAME_LEN: usize = 63;
+/// The most arrays and objects nested in one another in a document (the document's own
+/// top-level array or object counts).
+///
+/// MariaDB's `JSON` holds at most 31 such levels, the fewest of the SQL databases; deeper
+/// documents would be accepted elsewhere and then break reads (serde_json parses at most
+/// 128 levels), so every backend refuses them alike at write time.
+pub const MAX_DOCUMENT_DEPTH: usize = 31;
 
 /// Checks an object key: 1 to [`MAX_KEY_LEN`] bytes, `/`-separated segments, none empty,
 /// `.` or `..`, no leading `/`, no control characters and no backslash.
@@ -202,5 +209,54 @@ mod tests {
         assert!(payload_size("t", "message", 10, Some(10)).is_ok());
         assert!(invalid(payload_size("t", "message", 11, Some(10))));
         assert!(payload_size("t", "message", usize::MAX, None).is_ok());
+    }
+}
+
+/// Checks that `value` nests at most [`MAX_DOCUMENT_DEPTH`] arrays and objects:
+/// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) otherwise.
+pub fn document_depth(backend: &'static str, value: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    // Iterative, so that a value built in code, however deep, cannot overflow the stack.
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 1)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if depth > MAX_DOCUMENT_DEPTH {
+            return Err(crate::Error::invalid(
+                backend,
+                format!("the document nests more than {MAX_DOCUMENT_DEPTH} arrays and objects"),
+            ));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn nested(levels: usize) -> Value {
+        let mut v = json!(1);
+        for i in 0..levels {
+            v = if i % 2 == 0 {
+                json!([v])
+            } else {
+                json!({"k": v})
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn depth_limit() {
+        assert!(document_depth("t", &json!(1)).is_ok());
+        assert!(document_depth("t", &nested(MAX_DOCUMENT_DEPTH)).is_ok());
+        assert!(document_depth("t", &nested(MAX_DOCUMENT_DEPTH + 1)).is_err());
+        assert!(document_depth("t", &nested(300)).is_err());
     }
 }

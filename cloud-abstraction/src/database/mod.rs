@@ -14,17 +14,23 @@
 //!   numerically); [`FilterOp::Ne`] matches documents where the field exists and differs;
 //! - [`FilterOp::Prefix`] matches string fields starting with the operand;
 //! - results are ordered by the [`Query::order_by`] keys, then by id ascending; documents
-//!   whose order field is missing or of another type than the others come in an order the
-//!   backend chooses, but consistently across pages.
+//!   whose order field is missing or of another type than the others come in the total
+//!   order missing < null < bool < number < string < array < object (arrays and objects
+//!   tie, and the id decides);
+//! - a page holds at most [`Query::limit`] documents ([`paging::DEFAULT_PAGE_SIZE`] without
+//!   one, never more than [`paging::MAX_PAGE_SIZE`]; a limit of 0 is `InvalidArgument`), and
+//!   pages are cut by keyset cursors with the stability contract stated on [`DocumentStore`].
 
 mod ext;
 mod filter;
+pub mod paging;
 pub mod service;
 
 pub use ext::DocumentStoreExt;
 pub use filter::{
     MAX_FIELD_PATH_LEN, compare_json, matches_filters, sort_documents, validate_field_path,
 };
+pub use paging::{DEFAULT_PAGE_SIZE, KeysetCursor, MAX_PAGE_SIZE, page_limit};
 
 use crate::{BackendInfo, Result};
 use async_trait::async_trait;
@@ -303,7 +309,8 @@ pub struct Query {
     pub filters: Vec<Filter>,
     /// Sort keys; the id (ascending) always breaks ties.
     pub order_by: Vec<OrderBy>,
-    /// Largest page size; `None`: the backend's default (100).
+    /// Largest page size; `None`: [`DEFAULT_PAGE_SIZE`] (100); capped at [`MAX_PAGE_SIZE`]
+    /// (1000); 0 is `InvalidArgument`.
     pub limit: Option<usize>,
     /// The [`QueryPage::next_cursor`] of the previous page.
     pub cursor: Option<String>,
@@ -352,6 +359,29 @@ pub struct QueryPage {
 /// expired documents as absent, and return
 /// [`Unsupported`](crate::ErrorKind::Unsupported) for operations its
 /// [capabilities](DocumentStore::capabilities) do not claim.
+///
+/// # Paging under concurrent writes
+///
+/// A query is paged by passing each [`QueryPage::next_cursor`] back with the same query
+/// (filters, order and limit; a cursor of a query with another `order_by` is
+/// `InvalidArgument`). Pages are not a snapshot: each page is read at its own time. What a
+/// paging client may rely on, on every backend, while other clients write:
+///
+/// - **Stable documents exactly once.** A document that exists and matches the filters for
+///   the whole paging (from the request of the first page to the answer of the last) and is
+///   not written during it is returned exactly once, with or without `order_by`.
+/// - **In query order.** The stable documents come in the query order across all pages:
+///   a page never returns a stable document that sorts before one of an earlier page.
+/// - **Others: at most what the order allows.** A document inserted, updated, deleted or
+///   expiring during the paging may or may not be returned, and if returned, with a value
+///   it had at some time during the paging. Without `order_by` (id order) no document is
+///   returned twice. With `order_by`, a document updated so that its order key moves from
+///   behind the cursor to ahead of it may be returned again, with its new value, and one that
+///   moves the other way may be missed.
+///
+/// Backends meet this with keyset cursors (the position of the last document of a page in
+/// the query order, see [`paging::KeysetCursor`]), never with offsets, which would skip or
+/// repeat stable documents when documents before the cursor are inserted or deleted.
 #[async_trait]
 pub trait DocumentStore: Debug + Send + Sync + 'static {
     /// The backend's name and location.

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 type Store = Arc<dyn DocumentStore>;
@@ -40,6 +41,7 @@ pub fn cases() -> Vec<Case<dyn DocumentStore>> {
         crate::conformance_case!(put_get_round_trip),
         crate::conformance_case!(get_absent),
         crate::conformance_case!(value_types_round_trip),
+        crate::conformance_case!(numbers_round_trip),
         crate::conformance_case!(collections_are_isolated),
         crate::conformance_case!(put_create_conflict),
         crate::conformance_case!(put_revision_conditions),
@@ -54,13 +56,16 @@ pub fn cases() -> Vec<Case<dyn DocumentStore>> {
         crate::conformance_case!(query_operators_strings),
         crate::conformance_case!(query_nested_fields),
         crate::conformance_case!(query_cross_type),
+        crate::conformance_case!(query_unusual_field_names),
         crate::conformance_case!(query_order),
         crate::conformance_case!(query_paging),
+        crate::conformance_case!(query_paging_under_concurrent_writes),
         crate::conformance_case!(query_invalid_input),
         crate::conformance_case!(ttl_expiry),
         crate::conformance_case!(invalid_collection_names),
         crate::conformance_case!(invalid_ids),
         crate::conformance_case!(oversized_document),
+        crate::conformance_case!(nesting_depth_limit),
         crate::conformance_case!(unclaimed_capabilities),
     ]
 }
@@ -331,6 +336,63 @@ async fn value_types_round_trip(store: Store) {
         cleanup(&store, &c, [id]).await;
     }
     cleanup(&store, &c, (0..values.len()).map(|i| format!("v{i}"))).await;
+}
+
+/// Numbers come back exactly as written (the same `serde_json::Number`), and an `eq` filter
+/// on the written value finds them: no rounding through a shorter decimal form.
+async fn numbers_round_trip(store: Store) {
+    let c = collection();
+    let numbers = [
+        json!(123_456_789.123_456_79_f64),
+        json!(0.1_f64),
+        json!(1.0_f64 / 3.0),
+        json!(-2.225_073_858_507_201_4e-308_f64),
+        json!(5e-324_f64),
+        json!(f64::MAX),
+        json!(f64::MIN),
+        json!(i64::MIN),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        json!(2.5_f64),
+    ];
+    for (i, n) in numbers.iter().enumerate() {
+        let id = format!("n{i:02}");
+        let doc = json!({"x": n, "nested": {"list": [n]}});
+        put(&store, &c, &id, doc.clone()).await;
+        assert_eq!(
+            get(&store, &c, &id).await.map(|d| d.value),
+            Some(doc),
+            "the number {n} read back"
+        );
+    }
+    if store.capabilities().query {
+        for (i, n) in numbers.iter().enumerate() {
+            let got = query_all(&store, &c, Query::all().filter(Filter::eq("x", n.clone()))).await;
+            assert_eq!(
+                ids(&got),
+                [format!("n{i:02}")],
+                "an eq filter on the written number {n}"
+            );
+        }
+        if store.capabilities().query_order {
+            let docs: Vec<(String, Value)> = numbers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("n{i:02}"), json!({"x": n})))
+                .collect();
+            let docs: Vec<(&str, Value)> =
+                docs.iter().map(|(i, v)| (i.as_str(), v.clone())).collect();
+            let q = Query::all().order_by("x", Direction::Asc).limit(4);
+            let got = query_all(&store, &c, q.clone()).await;
+            assert_eq!(
+                ids(&got),
+                reference_ids(&docs, &q),
+                "ordered by the numbers"
+            );
+        }
+    }
+    let all: Vec<String> = (0..numbers.len()).map(|i| format!("n{i:02}")).collect();
+    cleanup(&store, &c, all).await;
 }
 
 async fn collections_are_isolated(store: Store) {
@@ -1223,6 +1285,248 @@ async fn query_paging(store: Store) {
     assert!(page.documents.is_empty(), "everything deleted");
 }
 
+/// The ids the concurrent writer of [`query_paging_under_concurrent_writes`] works on: some
+/// sort before every stable id, some after, some between two stable ids.
+fn writer_ids() -> Vec<String> {
+    let mut ids: Vec<String> = (0..4).map(|i| format!("a{i}")).collect();
+    ids.extend((0..4).map(|i| format!("z{i}")));
+    ids.extend((0..20).step_by(3).map(|i| format!("s{i:02}x")));
+    ids
+}
+
+fn stable_documents() -> Vec<(String, Value)> {
+    (0..20)
+        .map(|i| (format!("s{i:02}"), json!({"n": i, "kind": "stable"})))
+        .collect()
+}
+
+fn stable_ids(stable: &[(String, Value)]) -> Vec<String> {
+    stable.iter().map(|(id, _)| id.clone()).collect()
+}
+
+/// What a paging of `base` that returned `seen` did wrong with the `stable` documents.
+fn check_stable_paging(
+    round: usize,
+    base: &Query,
+    seen: &[Document],
+    stable: &[(String, Value)],
+) -> Option<String> {
+    let stable_seen: Vec<String> = seen
+        .iter()
+        .filter(|d| d.id.len() == 3 && d.id.starts_with('s'))
+        .map(|d| d.id.clone())
+        .collect();
+    let stable_docs: Vec<(&str, Value)> = stable
+        .iter()
+        .map(|(i, v)| (i.as_str(), v.clone()))
+        .collect();
+    let expected = reference_ids(&stable_docs, base);
+    if stable_seen != expected {
+        return Some(format!(
+            "round {round}, {base:?}: the stable documents came as {stable_seen:?}, \
+             not exactly once each in query order {expected:?}"
+        ));
+    }
+    for d in seen {
+        if let Some((_, v)) = stable.iter().find(|(id, _)| *id == d.id) {
+            if &d.value != v {
+                return Some(format!("stable document `{}` read as {}", d.id, d.value));
+            }
+        }
+    }
+    if base.order_by.is_empty() {
+        let unique: HashSet<&str> = seen.iter().map(|d| d.id.as_str()).collect();
+        if unique.len() != seen.len() {
+            return Some(format!(
+                "in id order a document came twice: {:?}",
+                ids(seen)
+            ));
+        }
+    }
+    None
+}
+
+/// The paging contract of [`DocumentStore`]: while others insert, update and delete
+/// documents (before and after the cursor, in id order and in the query order), every
+/// document that stays unchanged is returned exactly once, in query order.
+async fn query_paging_under_concurrent_writes(store: Store) {
+    let caps = store.capabilities();
+    if !caps.query {
+        return; // `unclaimed_capabilities` asserts Unsupported.
+    }
+    let c = collection();
+    let stable = stable_documents();
+    for (id, v) in &stable {
+        put(&store, &c, id, v.clone()).await;
+    }
+    let mut queries = vec![Query::all()];
+    if caps.query_order {
+        queries.push(Query::all().order_by("n", Direction::Asc));
+        queries.push(Query::all().order_by("n", Direction::Desc));
+        queries.push(
+            Query::all()
+                .order_by("kind", Direction::Desc)
+                .order_by("n", Direction::Asc),
+        );
+    }
+    // A writer that keeps inserting, updating and deleting other documents, with order
+    // values among the stable ones', while the reader pages.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU32::new(0));
+    let writer = {
+        let (store, c, stop) = (Arc::clone(&store), c.clone(), Arc::clone(&stop));
+        let written = Arc::clone(&written);
+        tokio::spawn(async move {
+            let ids = writer_ids();
+            let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = move || {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                seed >> 33
+            };
+            let mut writes = 0u32;
+            while !stop.load(Ordering::Relaxed) && writes < 5000 {
+                let id = &ids[(next() as usize) % ids.len()];
+                let n = (next() % 26) as i64 - 3;
+                let result = if next() % 3 == 0 {
+                    store.delete(&c, id, WriteCondition::Any).await.map(|_| ())
+                } else {
+                    store
+                        .put(
+                            &c,
+                            id,
+                            json!({"n": n, "kind": "writer"}),
+                            PutDocumentOptions::default(),
+                        )
+                        .await
+                        .map(|_| ())
+                };
+                if let Err(e) = result {
+                    panic!("concurrent write of `{id}` failed: {e}");
+                }
+                writes += 1;
+                written.store(writes, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+            writes
+        })
+    };
+    // The reader starts once the writer is writing.
+    for _ in 0..500 {
+        if written.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut failure = None;
+    for (round, base) in queries.iter().enumerate() {
+        let mut query = Query {
+            limit: Some(3),
+            ..base.clone()
+        };
+        let mut seen: Vec<Document> = Vec::new();
+        for page_no in 0..200 {
+            let page = match store.query(&c, query.clone()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    failure = Some(format!("query {query:?} failed: {e}"));
+                    break;
+                }
+            };
+            seen.extend(page.documents);
+            // Deterministic interference too: between two pages, a document that sorts
+            // before the cursor (in id and in `n` order) appears and one after it goes.
+            let before = format!("a{}", page_no % 4);
+            let after = format!("z{}", (page_no + 1) % 4);
+            let n = if page_no % 2 == 0 { -100 } else { 100 };
+            put(&store, &c, &before, json!({"n": n, "kind": "writer"})).await;
+            cleanup(&store, &c, [after]).await;
+            // Let the writer in between pages, also on a backend that never waits.
+            tokio::task::yield_now().await;
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        if failure.is_none() {
+            failure = check_stable_paging(round, base, &seen, &stable);
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = match writer.await {
+        Ok(n) => n,
+        Err(e) => panic!("the concurrent writer failed: {e}"),
+    };
+    cleanup(&store, &c, writer_ids()).await;
+    cleanup(&store, &c, stable_ids(&stable)).await;
+    if let Some(failure) = failure {
+        panic!("{failure}");
+    }
+    assert!(writes > 0, "the writer wrote while the reader paged");
+}
+
+/// Field names with characters that mean something in JSON-path syntaxes are queried
+/// literally on every backend; names the portable rule refuses (a segment starting with
+/// `-`) are `InvalidArgument` everywhere, never a silent empty result.
+async fn query_unusual_field_names(store: Store) {
+    let caps = store.capabilities();
+    if !caps.query {
+        return; // `unclaimed_capabilities` asserts Unsupported.
+    }
+    let c = collection();
+    let names = [
+        "a-b", "1", "0", "x y", "$", "*", "**", "[0]", "é", "日本", "@#", "'q'", "`b`", "a/b",
+        "+1", "a-", "_", "%", "(x)", "{}", "<>", "=", ",;",
+    ];
+    let mut docs: Vec<(String, Value)> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut obj = serde_json::Map::new();
+        obj.insert((*name).to_string(), json!(i));
+        let mut inner = serde_json::Map::new();
+        inner.insert((*name).to_string(), json!(i));
+        obj.insert("in".into(), Value::Object(inner));
+        docs.push((format!("u{i:02}"), Value::Object(obj)));
+    }
+    for (id, v) in &docs {
+        put(&store, &c, id, v.clone()).await;
+    }
+    for (i, name) in names.iter().enumerate() {
+        for path in [name.to_string(), format!("in.{name}")] {
+            let got = query_all(&store, &c, Query::all().filter(Filter::eq(&path, i))).await;
+            assert_eq!(
+                ids(&got),
+                [format!("u{i:02}")],
+                "an eq filter on the field {path:?}"
+            );
+        }
+    }
+    if caps.query_order {
+        let refs: Vec<(&str, Value)> = docs.iter().map(|(i, v)| (i.as_str(), v.clone())).collect();
+        let q = Query::all().order_by("$", Direction::Desc);
+        let got = query_all(&store, &c, q.clone()).await;
+        assert_eq!(
+            ids(&got),
+            reference_ids(&refs, &q),
+            "ordered by the field `$`"
+        );
+    }
+    for bad in ["-1", "->", "-", "in.-1"] {
+        assert_kind(
+            store
+                .query(&c, Query::all().filter(Filter::eq(bad, 1)))
+                .await,
+            ErrorKind::InvalidArgument,
+            &format!("a filter on the field {bad:?}"),
+        );
+    }
+    let all: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
+    cleanup(&store, &c, all).await;
+}
+
 async fn query_invalid_input(store: Store) {
     let c = collection();
     if !store.capabilities().query {
@@ -1526,6 +1830,76 @@ async fn oversized_document(store: Store) {
         );
     }
     cleanup(&store, &c, ["fits"]).await;
+}
+
+/// `levels` arrays and objects nested in one another, alternating, around a number.
+fn nested_document(levels: usize) -> Value {
+    let mut v = json!(7);
+    for i in 0..levels {
+        v = if i % 2 == 0 {
+            json!({"k": v})
+        } else {
+            json!([v])
+        };
+    }
+    v
+}
+
+/// Documents nesting up to [`MAX_DOCUMENT_DEPTH`](crate::validate::MAX_DOCUMENT_DEPTH)
+/// arrays and objects are stored and read back; deeper ones are `InvalidArgument` at write
+/// time, by `put` and `write_batch` alike, and leave the collection readable.
+async fn nesting_depth_limit(store: Store) {
+    let c = collection();
+    let max = crate::validate::MAX_DOCUMENT_DEPTH;
+    let deepest = nested_document(max);
+    put(&store, &c, "deepest", deepest.clone()).await;
+    assert_eq!(
+        get(&store, &c, "deepest").await.map(|d| d.value),
+        Some(deepest),
+        "a document of {max} levels"
+    );
+    for levels in [max + 1, 200] {
+        assert_kind(
+            store
+                .put(
+                    &c,
+                    "deeper",
+                    nested_document(levels),
+                    PutDocumentOptions::default(),
+                )
+                .await,
+            ErrorKind::InvalidArgument,
+            &format!("a document of {levels} levels"),
+        );
+    }
+    if store.capabilities().transactions {
+        let batch = vec![
+            put_op(&c, "fine", json!({"a": 1}), PutDocumentOptions::default()),
+            put_op(
+                &c,
+                "deeper",
+                nested_document(max + 1),
+                PutDocumentOptions::default(),
+            ),
+        ];
+        assert_kind(
+            store.write_batch(batch).await,
+            ErrorKind::InvalidArgument,
+            "a batch with a document too deep",
+        );
+        assert!(
+            get(&store, &c, "fine").await.is_none(),
+            "nothing of the batch"
+        );
+    }
+    assert!(get(&store, &c, "deeper").await.is_none());
+    if store.capabilities().query {
+        let got = query_all(&store, &c, Query::all()).await;
+        assert_eq!(ids(&got), ["deepest"], "the collection stays readable");
+        let got = query_all(&store, &c, Query::all().filter(Filter::eq("k.x", 1))).await;
+        assert!(got.is_empty(), "a filter over the deep document");
+    }
+    cleanup(&store, &c, ["deepest"]).await;
 }
 
 async fn unclaimed_capabilities(store: Store) {

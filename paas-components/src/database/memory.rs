@@ -1,13 +1,11 @@
 //! [`MemoryDocumentStore`]: an in-process document store (`mem://`).
 
-use super::common::{
-    check_capabilities, check_document, decode_offset_cursor, encode_offset_cursor, expires_at,
-    page_limit,
-};
+use super::common::{check_capabilities, check_document, expires_at};
 use async_trait::async_trait;
+use cloud_abstraction::database::paging::{KeysetCursor, paginate};
 use cloud_abstraction::database::{
     DatabaseCapabilities, Document, DocumentStore, PutDocumentOptions, Query, QueryPage, Revision,
-    WriteCondition, WriteOp, WriteOutcome, matches_filters, sort_documents,
+    WriteCondition, WriteOp, WriteOutcome, matches_filters, page_limit,
 };
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
 use serde_json::Value;
@@ -48,8 +46,9 @@ type Collections = HashMap<String, BTreeMap<String, Entry>>;
 ///
 /// Every operation takes one mutex for its whole duration, so single writes, conditional
 /// writes and batches are trivially atomic and linearizable. Queries evaluate the reference
-/// semantics ([`matches_filters`], [`sort_documents`]) over the collection; the cursor is an
-/// opaque offset, so a page boundary can shift when documents are written between pages.
+/// semantics ([`matches_filters`] and the reference order) over the collection; cursors are
+/// keyset cursors ([`KeysetCursor`]), so a document left unchanged is returned exactly once
+/// while others are written between pages.
 /// Expired documents are treated as absent on every read and removed when next written.
 ///
 /// Clones share the same data.
@@ -306,8 +305,12 @@ impl DocumentStore for MemoryDocumentStore {
         validate::resource_name(BACKEND, "collection", collection)?;
         check_capabilities(BACKEND, &self.capabilities(), &query)?;
         let limit = page_limit(BACKEND, &query)?;
-        let offset = decode_offset_cursor(BACKEND, query.cursor.as_deref())?;
-        let mut matching: Vec<Document> = {
+        let cursor = query
+            .cursor
+            .as_deref()
+            .map(|c| KeysetCursor::decode(BACKEND, c, &query.order_by))
+            .transpose()?;
+        let matching: Vec<Document> = {
             let data = self.lock();
             let now = SystemTime::now();
             data.get(collection)
@@ -317,14 +320,6 @@ impl DocumentStore for MemoryDocumentStore {
                 .map(|(id, e)| e.document(id))
                 .collect()
         };
-        sort_documents(&mut matching, &query.order_by);
-        let total = matching.len();
-        let documents: Vec<Document> = matching.into_iter().skip(offset).take(limit).collect();
-        let end = offset.saturating_add(documents.len());
-        let next_cursor = (end < total).then(|| encode_offset_cursor(end));
-        Ok(QueryPage {
-            documents,
-            next_cursor,
-        })
+        Ok(paginate(matching, &query.order_by, cursor.as_ref(), limit))
     }
 }

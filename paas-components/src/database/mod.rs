@@ -4,38 +4,45 @@
 //! |---|---|---|---|
 //! | in-process | [`MemoryDocumentStore`] | `memory` | `mem://` |
 //! | SQLite (sqlx) | [`SqliteDocumentStore`] | `sqlite` | `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite::memory:` |
+//! | PostgreSQL (sqlx) | [`PostgresDocumentStore`] | `postgres` | `postgres://…`, `postgresql://…` |
+//! | MariaDB / MySQL (sqlx) | [`MysqlDocumentStore`] | `mysql` | `mysql://…`, `mariadb://…` |
+//! | Redis | [`RedisDocumentStore`] | `redis` | `redis://…` |
+//!
+//! The three SQL stores are one generic store over a per-database dialect ([`sql`]).
 //!
 //! Every backend passes the conformance kit `cloud_abstraction::testkit::database` (suite and
 //! model test). Shared rules, so that backends answer alike:
 //! - collections and ids are checked with `cloud_abstraction::validate`, field paths with
 //!   [`validate_field_path`](cloud_abstraction::database::validate_field_path);
-//! - a serialized document over `max_document_size` (1 MiB) is `InvalidArgument`;
-//! - a query page holds at most `limit` documents (default 100, at most 1000; 0 is
-//!   `InvalidArgument`); a cursor the store did not issue is `InvalidArgument`;
+//! - a serialized document over `max_document_size` (1 MiB), or one nesting more than
+//!   [`MAX_DOCUMENT_DEPTH`](cloud_abstraction::validate::MAX_DOCUMENT_DEPTH) arrays and
+//!   objects, is `InvalidArgument`;
+//! - a query page holds at most `limit` documents
+//!   ([`page_limit`](cloud_abstraction::database::page_limit): default 100, at most 1000; 0
+//!   is `InvalidArgument`); cursors are keyset cursors
+//!   ([`KeysetCursor`](cloud_abstraction::database::KeysetCursor)), so the paging contract of
+//!   [`DocumentStore`](cloud_abstraction::DocumentStore) holds; a cursor the store did not
+//!   issue is `InvalidArgument`;
 //! - expired documents are absent for every read and every condition.
 
-// One line per backend; each backend is one file named after it.
+// One line per backend; each backend is one file (or folder) named after it.
 #[cfg(feature = "memory")]
 pub mod memory;
-#[cfg(feature = "mysql")]
-pub mod mysql;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(feature = "sqlite")]
-pub mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub mod sql;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisDocumentStore;
 #[cfg(feature = "memory")]
 pub use memory::MemoryDocumentStore;
 #[cfg(feature = "mysql")]
-pub use mysql::MysqlDocumentStore;
+pub use sql::MysqlDocumentStore;
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresDocumentStore;
+pub use sql::PostgresDocumentStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteDocumentStore;
+pub use sql::SqliteDocumentStore;
 
 /// Checks shared by the backends of this module.
 // Each backend uses a different subset, and a build may include none of them.
@@ -48,13 +55,6 @@ pub(crate) mod common {
     use serde_json::Value;
     use std::time::{Duration, SystemTime};
 
-    /// The page size of a query without a limit.
-    pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
-    /// The largest page a query returns, whatever its limit.
-    pub(crate) const MAX_PAGE_SIZE: usize = 1000;
-
-    const CURSOR_PREFIX: &str = "off:";
-
     /// Checks a document about to be written: its serialized size against the limit, and a
     /// TTL against the `ttl` capability.
     pub(crate) fn check_document(
@@ -66,6 +66,8 @@ pub(crate) mod common {
         if options.ttl.is_some() && !caps.ttl {
             return Err(Error::unsupported(backend, "a document TTL"));
         }
+        // Before measuring: serializing a very deep value would recurse as deep.
+        validate::document_depth(backend, value)?;
         if let Some(max) = caps.max_document_size {
             let len = serialized_len(value);
             validate::payload_size(backend, "the serialized document", len, Some(max))?;
@@ -123,34 +125,6 @@ pub(crate) mod common {
         Ok(())
     }
 
-    /// The page size of `query`.
-    pub(crate) fn page_limit(backend: &'static str, query: &Query) -> Result<usize> {
-        match query.limit {
-            None => Ok(DEFAULT_PAGE_SIZE),
-            Some(0) => Err(Error::invalid(backend, "query limit must be at least 1")),
-            Some(n) => Ok(n.min(MAX_PAGE_SIZE)),
-        }
-    }
-
-    /// An opaque cursor for "continue at `offset`".
-    pub(crate) fn encode_offset_cursor(offset: usize) -> String {
-        format!("{CURSOR_PREFIX}{offset}")
-    }
-
-    /// The offset of a cursor from [`encode_offset_cursor`]; 0 without a cursor.
-    pub(crate) fn decode_offset_cursor(
-        backend: &'static str,
-        cursor: Option<&str>,
-    ) -> Result<usize> {
-        let Some(cursor) = cursor else {
-            return Ok(0);
-        };
-        cursor
-            .strip_prefix(CURSOR_PREFIX)
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid(backend, "the query cursor was not issued by this store"))
-    }
-
     /// When a document written at `now` with `ttl` expires.
     pub(crate) fn expires_at(
         backend: &'static str,
@@ -173,15 +147,6 @@ pub(crate) mod common {
         fn serialized_len_matches_to_vec() {
             let v = json!({"a": [1, "ü", null], "b": {"c": 1.5}});
             assert_eq!(serialized_len(&v), serde_json::to_vec(&v).unwrap().len());
-        }
-
-        #[test]
-        fn cursors_round_trip_and_reject_garbage() {
-            assert_eq!(decode_offset_cursor("t", None).unwrap(), 0);
-            let c = encode_offset_cursor(42);
-            assert_eq!(decode_offset_cursor("t", Some(&c)).unwrap(), 42);
-            assert!(decode_offset_cursor("t", Some("off:x")).is_err());
-            assert!(decode_offset_cursor("t", Some("42")).is_err());
         }
     }
 }

@@ -1,19 +1,17 @@
 //! Redis document store (`redis://host:port/db`, over TLS `rediss://`): see
 //! [`RedisDocumentStore`].
 
-use super::common::{check_capabilities, check_document, page_limit};
+use super::common::{check_capabilities, check_document};
 use async_trait::async_trait;
+use cloud_abstraction::database::paging::{KeysetCursor, paginate};
 use cloud_abstraction::database::{
-    DatabaseCapabilities, Direction, Document, DocumentStore, OrderBy, PutDocumentOptions, Query,
-    QueryPage, Revision, WriteCondition, WriteOp, WriteOutcome, compare_json, matches_filters,
-    sort_documents,
+    DatabaseCapabilities, Document, DocumentStore, PutDocumentOptions, Query, QueryPage, Revision,
+    WriteCondition, WriteOp, WriteOutcome, matches_filters, page_limit,
 };
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, ResourceUrl, Result, validate};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::cmp::Ordering;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -205,7 +203,7 @@ impl Scripts {
 ///
 /// Redis has no secondary indexes over JSON fields here, so queries read documents through
 /// the id index and evaluate filters with the reference semantics
-/// ([`matches_filters`], and the order of [`sort_documents`]) on the client. The cost:
+/// ([`matches_filters`], and the order of [`sort_documents`](cloud_abstraction::database::sort_documents)) on the client. The cost:
 /// - without `order_by`, the index is read in id order from the cursor on, in chunks, until a
 ///   page is full: O(page) for a query without filters, O(documents scanned) with filters,
 ///   which is up to O(collection) for a selective filter;
@@ -287,109 +285,6 @@ impl fmt::Debug for RedisDocumentStore {
             .field("location", &self.location)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
-    }
-}
-
-/// A keyset cursor: the order values and id of the last document of a page, plus the order
-/// keys it belongs to (a cursor of another ordering is rejected).
-#[derive(Serialize, Deserialize)]
-struct Cursor {
-    /// `field:a` / `field:d` per order key.
-    o: Vec<String>,
-    /// Per order key: `[]` for a missing field, else `[value]`.
-    k: Vec<Vec<Value>>,
-    /// The id.
-    i: String,
-}
-
-const CURSOR_PREFIX: &str = "rk1.";
-
-fn order_fingerprint(order_by: &[OrderBy]) -> Vec<String> {
-    order_by
-        .iter()
-        .map(|o| {
-            let dir = match o.direction {
-                Direction::Asc => "a",
-                Direction::Desc => "d",
-            };
-            format!("{}:{dir}", o.field)
-        })
-        .collect()
-}
-
-fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(value, |v, segment| v.get(segment))
-}
-
-/// The total order of [`sort_documents`] on one key, which the keyset cursor must follow
-/// exactly: missing < null < bool < number < string < array < object, and within a type
-/// [`compare_json`].
-fn sort_key_cmp(a: Option<&Value>, b: Option<&Value>) -> Ordering {
-    fn rank(v: Option<&Value>) -> u8 {
-        match v {
-            None => 0,
-            Some(Value::Null) => 1,
-            Some(Value::Bool(_)) => 2,
-            Some(Value::Number(_)) => 3,
-            Some(Value::String(_)) => 4,
-            Some(Value::Array(_)) => 5,
-            Some(Value::Object(_)) => 6,
-        }
-    }
-    rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
-        (Some(x), Some(y)) => compare_json(x, y).unwrap_or(Ordering::Equal),
-        _ => Ordering::Equal,
-    })
-}
-
-impl Cursor {
-    fn after(doc: &Document, order_by: &[OrderBy]) -> Self {
-        Self {
-            o: order_fingerprint(order_by),
-            k: order_by
-                .iter()
-                .map(|o| lookup(&doc.value, &o.field).cloned().into_iter().collect())
-                .collect(),
-            i: doc.id.clone(),
-        }
-    }
-
-    fn encode(&self) -> String {
-        // Serializing plain strings and JSON values cannot fail.
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        format!("{CURSOR_PREFIX}{}", hex::encode(json))
-    }
-
-    fn decode(cursor: &str, order_by: &[OrderBy]) -> Result<Self> {
-        let bad = || Error::invalid(BACKEND, "the query cursor was not issued by this store");
-        let hex_part = cursor.strip_prefix(CURSOR_PREFIX).ok_or_else(bad)?;
-        let bytes = hex::decode(hex_part).map_err(|_| bad())?;
-        let c: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        if c.o != order_fingerprint(order_by)
-            || c.k.len() != order_by.len()
-            || c.k.iter().any(|k| k.len() > 1)
-        {
-            return Err(Error::invalid(
-                BACKEND,
-                "the query cursor belongs to a query with another order",
-            ));
-        }
-        Ok(c)
-    }
-
-    /// Whether `doc` comes after this cursor in the query order.
-    fn is_before(&self, doc: &Document, order_by: &[OrderBy]) -> bool {
-        for (key, k) in order_by.iter().zip(&self.k) {
-            let ord = sort_key_cmp(k.first(), lookup(&doc.value, &key.field));
-            let ord = match key.direction {
-                Direction::Asc => ord,
-                Direction::Desc => ord.reverse(),
-            };
-            if ord != Ordering::Equal {
-                return ord == Ordering::Less;
-            }
-        }
-        self.i.as_bytes() < doc.id.as_bytes()
     }
 }
 
@@ -796,13 +691,13 @@ impl RedisDocumentStore {
         let cursor = query
             .cursor
             .as_deref()
-            .map(|c| Cursor::decode(c, &query.order_by))
+            .map(|c| KeysetCursor::decode(BACKEND, c, &query.order_by))
             .transpose()?;
         let mut page: Vec<Document> = Vec::new();
         let mut more = false;
         if query.order_by.is_empty() {
             // Id order is the index order: read from the cursor on until the page is full.
-            let mut after = cursor.map(|c| c.i);
+            let mut after = cursor.as_ref().map(|c| c.id().to_string());
             'scan: loop {
                 let (docs, next) = self.next_chunk(collection, after.as_deref()).await?;
                 for doc in docs {
@@ -834,18 +729,11 @@ impl RedisDocumentStore {
                     None => break,
                 }
             }
-            sort_documents(&mut all, &query.order_by);
-            let start = match &cursor {
-                Some(c) => all.partition_point(|d| !c.is_before(d, &query.order_by)),
-                None => 0,
-            };
-            let mut rest = all.into_iter().skip(start);
-            page.extend(rest.by_ref().take(limit));
-            more = rest.next().is_some();
+            return Ok(paginate(all, &query.order_by, cursor.as_ref(), limit));
         }
         let next_cursor = if more {
             page.last()
-                .map(|d| Cursor::after(d, &query.order_by).encode())
+                .map(|d| KeysetCursor::after(d, &query.order_by).encode())
         } else {
             None
         };
@@ -1126,53 +1014,6 @@ impl DocumentStore for RedisDocumentStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloud_abstraction::database::Direction;
-    use serde_json::json;
-
-    fn doc(id: &str, value: Value) -> Document {
-        Document {
-            id: id.into(),
-            value,
-            revision: Revision(1),
-            expires_at: None,
-        }
-    }
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let order = vec![OrderBy {
-            field: "n".into(),
-            direction: Direction::Desc,
-        }];
-        let c = Cursor::after(&doc("a", json!({"n": 3})), &order).encode();
-        let back = Cursor::decode(&c, &order).unwrap();
-        assert_eq!(back.i, "a");
-        assert_eq!(back.k, vec![vec![json!(3)]]);
-        assert!(Cursor::decode(&c, &[]).is_err(), "another order");
-        assert!(Cursor::decode("rk1.zz", &order).is_err());
-        assert!(Cursor::decode("garbage", &order).is_err());
-    }
-
-    #[test]
-    fn keyset_order_matches_sort_documents() {
-        let order = vec![OrderBy {
-            field: "k".into(),
-            direction: Direction::Desc,
-        }];
-        let mut docs = vec![
-            doc("a", json!({"k": 1})),
-            doc("b", json!({})),
-            doc("c", json!({"k": "x"})),
-            doc("d", json!({"k": 1})),
-            doc("e", json!({"k": null})),
-        ];
-        sort_documents(&mut docs, &order);
-        for (i, d) in docs.iter().enumerate() {
-            let c = Cursor::after(d, &order);
-            let start = docs.partition_point(|x| !c.is_before(x, &order));
-            assert_eq!(start, i + 1, "cursor after {}", d.id);
-        }
-    }
 
     #[test]
     fn ttl_args() {
