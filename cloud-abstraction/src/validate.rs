@@ -16,8 +16,11 @@ pub const MAX_NAME_LEN: usize = 63;
 ///
 /// MariaDB's `JSON` holds at most 31 such levels, the fewest of the SQL databases; deeper
 /// documents would be accepted elsewhere and then break reads (serde_json parses at most
-/// 128 levels), so every backend refuses them alike at write time.
-pub const MAX_DOCUMENT_DEPTH: usize = 31;
+/// 128 levels), so every backend refuses them alike at write time. One level of those 31 is
+/// kept for wrappers that store a document inside another (the replication envelope of
+/// `paas_components::multicloud`), so that a store built over other stores accepts exactly
+/// what a plain one does.
+pub const MAX_DOCUMENT_DEPTH: usize = 30;
 
 /// Checks an object key: 1 to [`MAX_KEY_LEN`] bytes, `/`-separated segments, none empty,
 /// `.` or `..`, no leading `/`, no control characters and no backslash.

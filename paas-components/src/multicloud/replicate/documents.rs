@@ -377,6 +377,7 @@ impl ReplicatedDocumentStore {
     ) -> Result<()> {
         self.check_collection(collection)?;
         validate::document_id(BACKEND, id)?;
+        validate::document_depth(BACKEND, value)?;
         if options.ttl.is_some() && !self.inner.capabilities.ttl {
             return Err(Error::unsupported(BACKEND, "a document TTL"));
         }
