@@ -39,6 +39,7 @@ pub fn cases() -> Vec<Case<dyn BlobStore>> {
         crate::conformance_case!(list_with_prefix),
         crate::conformance_case!(list_with_delimiter),
         crate::conformance_case!(list_start_after),
+        crate::conformance_case!(list_start_after_with_delimiter),
         crate::conformance_case!(list_pagination),
         crate::conformance_case!(list_pagination_with_delimiter),
         crate::conformance_case!(copy_object),
@@ -726,6 +727,40 @@ async fn list_start_after(store: Store) {
         vec![format!("{p}k3"), format!("{p}k4")],
         "start_after need not exist"
     );
+    cleanup(&store, &p).await;
+}
+
+/// With a delimiter, `start_after` selects keys and the selected keys are then grouped: a
+/// common prefix is listed if any key under it is after `start_after`, even when the prefix
+/// itself sorts before it (`b/` for `start_after = "b/1"` and a key `b/2`).
+async fn list_start_after_with_delimiter(store: Store) {
+    let p = prefix();
+    for k in ["a/1", "b/1", "b/2", "c/1", "d"] {
+        put(&store, &format!("{p}{k}"), k).await;
+    }
+    let listing = |start_after: &str, max: Option<usize>| ListOptions {
+        prefix: p.clone(),
+        delimiter: true,
+        start_after: Some(format!("{p}{start_after}")),
+        max_results: max,
+        ..ListOptions::default()
+    };
+    for max in [None, Some(1)] {
+        let (keys, prefixes) = all_pages(&store, listing("b/1", max)).await;
+        assert_eq!(
+            prefixes,
+            vec![format!("{p}b/"), format!("{p}c/")],
+            "b/ holds b/2, which is after b/1 (page size {max:?})"
+        );
+        assert_eq!(keys, vec![format!("{p}d")], "page size {max:?}");
+        let (keys, prefixes) = all_pages(&store, listing("b/2", max)).await;
+        assert_eq!(
+            prefixes,
+            vec![format!("{p}c/")],
+            "nothing under b/ is after b/2 (page size {max:?})"
+        );
+        assert_eq!(keys, vec![format!("{p}d")], "page size {max:?}");
+    }
     cleanup(&store, &p).await;
 }
 

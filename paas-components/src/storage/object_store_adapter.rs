@@ -510,9 +510,17 @@ impl ObjectStoreBlobStore {
             };
             // Entries strictly after this key are wanted: the later of start_after and the
             // page token (the last entry of the previous page).
-            let after = match (&options.start_after, &options.page_token) {
+            // With a delimiter, a start_after under a "directory" must not hide that
+            // directory (it is listed if a later key is in it), so the server starts at the
+            // page token only and the filter below decides.
+            let start_after = options.start_after.as_ref().filter(|s| {
+                !(options.delimiter
+                    && s.strip_prefix(options.prefix.as_str())
+                        .is_none_or(|rest| rest.contains('/')))
+            });
+            let after = match (start_after, &options.page_token) {
                 (Some(a), Some(b)) => Some(a.max(b).clone()),
-                (a, b) => a.clone().or_else(|| b.clone()),
+                (a, b) => a.cloned().or_else(|| b.clone()),
             };
             let server_prefix = if self.flavor.list_from_parent {
                 // Up to and including the last `/`: no `/` is cut off, so delimiter grouping
@@ -559,12 +567,28 @@ impl ObjectStoreBlobStore {
                 }
                 batch.sort_by(|a, b| a.0.cmp(&b.0));
                 for (key, meta) in batch {
-                    if after
-                        .as_ref()
-                        .is_some_and(|after| key.as_str() <= after.as_str())
-                        || !key.starts_with(options.prefix.as_str())
+                    if !key.starts_with(options.prefix.as_str())
+                        || options
+                            .page_token
+                            .as_ref()
+                            .is_some_and(|t| key.as_str() <= t.as_str())
                     {
                         continue;
+                    }
+                    if let Some(start_after) = &options.start_after {
+                        // start_after selects keys, which are then grouped: a common prefix
+                        // that sorts before start_after is listed if a key under it is after.
+                        let wanted = match meta {
+                            Some(_) => key.as_str() > start_after.as_str(),
+                            None if key.as_str() > start_after.as_str() => true,
+                            None if start_after.starts_with(key.as_str()) => {
+                                self.has_key_after(&key, start_after).await?
+                            }
+                            None => false,
+                        };
+                        if !wanted {
+                            continue;
+                        }
                     }
                     if entries == limit {
                         more = true;
@@ -598,6 +622,18 @@ impl ObjectStoreBlobStore {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether some key under `prefix` is strictly after `start_after`.
+    async fn has_key_after(&self, prefix: &str, start_after: &str) -> Result<bool> {
+        let options = ListOptions {
+            prefix: prefix.to_string(),
+            start_after: Some(start_after.to_string()),
+            max_results: Some(1),
+            ..ListOptions::default()
+        };
+        let page = Box::pin(self.list_page(options)).await?;
+        Ok(!page.objects.is_empty())
     }
 
     /// Heads the listed objects that came without an ETag; one deleted in between is left
