@@ -14,7 +14,7 @@
 //!   [`max_message_size`](crate::queue::QueueCapabilities::max_message_size).
 //! - **Batches** ([`batch`]): at most [`MAX_BATCH`] messages and [`MAX_BATCH_BYTES`] of bodies
 //!   (Pub/Sub's publish request limits); a receive asks for 1 to [`MAX_RECEIVE`] messages.
-//! - Ids and ordering keys follow [`document_id`](super::document_id); leases are more than
+//! - Ids and ordering keys follow [`document_id`]; leases are more than
 //!   zero and at most [`MAX_LEASE`]; delays at most [`MAX_DELAY`].
 
 use super::{document_id, payload_size, resource_name};
