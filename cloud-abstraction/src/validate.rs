@@ -1,9 +1,43 @@
 //! Shared input validation, so that every backend rejects the same bad input the same way.
 //!
 //! Every function returns an [`InvalidArgument`](crate::ErrorKind::InvalidArgument) error whose
-//! message names the rule that was broken; none of them panics.
+//! message names the rule that was broken; none of them panics. Every backend of a trait calls
+//! these functions (the conformance kit checks that they give the same verdict), so an input
+//! that one backend accepts is accepted by all of them, and a migration from one to another
+//! never fails half way on a rule the first one did not have.
+//!
+//! # Blob metadata and content types
+//!
+//! User metadata and content types travel as HTTP headers on the cloud stores, so the portable
+//! rule is the intersection of what S3, Azure Blob and the embedded stores keep **unchanged**:
+//!
+//! - **Names** ([`metadata_name`]): 1 to [`MAX_METADATA_NAME_LEN`] bytes of lower-case ASCII
+//!   letters, digits and `_`, not starting with a digit. Azure requires C# identifiers (no
+//!   `-`, no leading digit) and compares them case-insensitively; S3 sends them as
+//!   `x-amz-meta-<name>` headers and lower-cases them. Lower case only means a name reads back
+//!   as written everywhere, and two names that differ only in case cannot exist.
+//! - **Values** ([`metadata_value`]): printable ASCII (`0x20..=0x7e`) without leading or
+//!   trailing spaces. HTTP header values are ASCII (S3 answers anything else RFC 2047-encoded,
+//!   Azure refuses it) and HTTP trims surrounding whitespace.
+//! - **Size** ([`metadata`]): names and values together at most [`MAX_METADATA_SIZE`] bytes,
+//!   S3's limit (Azure allows 8 KiB).
+//! - **Content types** ([`content_type`]): `type/subtype` followed by `; name=value`
+//!   parameters (HTTP tokens, values a token or a quoted string), at most
+//!   [`MAX_CONTENT_TYPE_LEN`] bytes of printable ASCII.
+//!
+//! The rules apply to what a caller writes (`put`, `create_multipart`). A copy inside a store
+//! copies what the store holds, whichever tool wrote it.
+//!
+//! # Queues
+//!
+//! The [`queue`] module holds the limits of [`MessageQueue`](crate::MessageQueue) input:
+//! message size, attributes, ids, delays, leases, batch and receive sizes.
 
+use crate::storage::PutOptions;
 use crate::{Error, Result};
+use std::collections::BTreeMap;
+
+pub mod queue;
 
 /// Longest object key, in bytes (S3's limit).
 pub const MAX_KEY_LEN: usize = 1024;
@@ -148,6 +182,202 @@ pub fn resource_name(backend: &'static str, what: &str, name: &str) -> Result<()
     Ok(())
 }
 
+/// Longest user metadata name, in bytes.
+pub const MAX_METADATA_NAME_LEN: usize = 128;
+/// Most bytes of user metadata on one object: names and values together (S3's limit).
+pub const MAX_METADATA_SIZE: usize = 2048;
+/// Longest content type, in bytes.
+pub const MAX_CONTENT_TYPE_LEN: usize = 255;
+
+/// Checks a user metadata name: 1 to [`MAX_METADATA_NAME_LEN`] bytes of `[a-z0-9_]`, not
+/// starting with a digit (see the [module docs](self) for why).
+pub fn metadata_name(backend: &'static str, name: &str) -> Result<()> {
+    let shown = || name.escape_debug().to_string();
+    if name.is_empty() {
+        return Err(Error::invalid(backend, "metadata name is empty"));
+    }
+    if name.len() > MAX_METADATA_NAME_LEN {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "metadata name is {} bytes long; the limit is {MAX_METADATA_NAME_LEN}",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "metadata name `{}` contains {c:?}; allowed are lower-case letters, digits and \
+                 `_` (names must be C# identifiers on Azure and are lower-cased by S3)",
+                shown()
+            ),
+        ));
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "metadata name `{}` starts with a digit (names must be C# identifiers on Azure)",
+                shown()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the value of metadata entry `name`: printable ASCII without leading or trailing
+/// spaces (see the [module docs](self) for why).
+pub fn metadata_value(backend: &'static str, name: &str, value: &str) -> Result<()> {
+    if let Some(c) = value.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "metadata value of `{}` contains {c:?}; values must be printable ASCII \
+                 (they travel as HTTP headers)",
+                name.escape_debug()
+            ),
+        ));
+    }
+    if value.starts_with(' ') || value.ends_with(' ') {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "metadata value of `{}` starts or ends with a space, which HTTP drops",
+                name.escape_debug()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a whole metadata map: every name and value, and the total size against
+/// [`MAX_METADATA_SIZE`].
+pub fn metadata(backend: &'static str, metadata: &BTreeMap<String, String>) -> Result<()> {
+    let mut total = 0usize;
+    for (name, value) in metadata {
+        metadata_name(backend, name)?;
+        metadata_value(backend, name, value)?;
+        total += name.len() + value.len();
+    }
+    if total > MAX_METADATA_SIZE {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "user metadata is {total} bytes (names and values); the limit is \
+                 {MAX_METADATA_SIZE}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `c` may appear in an HTTP token (RFC 9110 `tchar`).
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(is_tchar)
+}
+
+/// Checks a content type: `type/subtype` (HTTP tokens) followed by any number of
+/// `; name=value` parameters (name a token, value a token or a quoted string), at most
+/// [`MAX_CONTENT_TYPE_LEN`] bytes of printable ASCII, e.g. `text/plain; charset=utf-8`.
+pub fn content_type(backend: &'static str, content_type: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::invalid(
+            backend,
+            format!(
+                "content type `{}` is not valid: {why}",
+                content_type.escape_debug()
+            ),
+        )
+    };
+    if content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "content type is {} bytes long; the limit is {MAX_CONTENT_TYPE_LEN}",
+                content_type.len()
+            ),
+        ));
+    }
+    if content_type.chars().any(|c| !(' '..='~').contains(&c)) {
+        return Err(bad("only printable ASCII is allowed"));
+    }
+    let (essence, mut params) = match content_type.find(';') {
+        Some(i) => (&content_type[..i], &content_type[i..]),
+        None => (content_type, ""),
+    };
+    let Some((ty, subtype)) = essence.split_once('/') else {
+        return Err(bad("expected `type/subtype`"));
+    };
+    // Spaces may precede the `;` of a parameter (HTTP's optional whitespace).
+    let subtype = match params.is_empty() {
+        true => subtype,
+        false => subtype.trim_end_matches(' '),
+    };
+    if !is_token(ty) || !is_token(subtype) {
+        return Err(bad("type and subtype must be non-empty HTTP tokens"));
+    }
+    while !params.is_empty() {
+        // `params` starts with `;` here.
+        let rest = params[1..].trim_start_matches(' ');
+        let Some((name, after)) = rest.split_once('=') else {
+            return Err(bad("a parameter must be `name=value`"));
+        };
+        if !is_token(name) {
+            return Err(bad("a parameter name must be an HTTP token"));
+        }
+        let (value_ok, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            // A quoted string: `\` escapes the next character.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match end {
+                Some(i) => (true, &quoted[i + 1..]),
+                None => (false, ""),
+            }
+        } else {
+            let end = after.find([';', ' ']).unwrap_or(after.len());
+            (is_token(&after[..end]), &after[end..])
+        };
+        if !value_ok {
+            return Err(bad("a parameter value must be a token or a quoted string"));
+        }
+        let tail = tail.trim_start_matches(' ');
+        if !tail.is_empty() && !tail.starts_with(';') {
+            return Err(bad("parameters must be separated by `;`"));
+        }
+        params = tail;
+    }
+    Ok(())
+}
+
+/// Checks what a put or multipart upload writes besides the bytes: the content type and the
+/// user metadata.
+pub fn put_options(backend: &'static str, options: &PutOptions) -> Result<()> {
+    if let Some(ct) = &options.content_type {
+        content_type(backend, ct)?;
+    }
+    metadata(backend, &options.metadata)
+}
+
 /// Checks a payload size against a backend limit.
 pub fn payload_size(backend: &'static str, what: &str, len: usize, max: Option<u64>) -> Result<()> {
     if let Some(max) = max {
@@ -201,6 +431,70 @@ mod tests {
             assert!(invalid(resource_name("t", "topic", bad)), "{bad:?}");
         }
         assert!(invalid(resource_name("t", "topic", &"a".repeat(64))));
+    }
+
+    #[test]
+    fn metadata_rules() {
+        for good in ["a", "vehicle_id", "_x", "schema2", &"n".repeat(128)] {
+            assert!(metadata_name("t", good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "Upper",
+            "a-b",
+            "a b",
+            "ä",
+            "9lives",
+            "a.b",
+            &"n".repeat(129),
+        ] {
+            assert!(invalid(metadata_name("t", bad)), "{bad:?}");
+        }
+        for good in ["", "VIN 1", "a=b; c", "~!@#"] {
+            assert!(metadata_value("t", "n", good).is_ok(), "{good:?}");
+        }
+        for bad in ["café", "line\nbreak", "tab\t", " lead", "trail ", "\u{7f}"] {
+            assert!(invalid(metadata_value("t", "n", bad)), "{bad:?}");
+        }
+        let mut map = BTreeMap::new();
+        map.insert("a".to_string(), "x".repeat(MAX_METADATA_SIZE - 1));
+        assert!(metadata("t", &map).is_ok());
+        map.insert("b".to_string(), String::new());
+        assert!(invalid(metadata("t", &map)));
+    }
+
+    #[test]
+    fn content_types() {
+        for good in [
+            "text/plain",
+            "application/json",
+            "application/vnd.api+json",
+            "text/plain; charset=utf-8",
+            "text/plain;charset=utf-8",
+            "multipart/form-data; boundary=\"a b;c\"",
+            "a/b; x=1; y=\"q\\\"q\"",
+        ] {
+            assert!(content_type("t", good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "text",
+            "/plain",
+            "text/",
+            "text /plain",
+            "text/plain;",
+            "text/plain; charset",
+            "text/plain; charset=",
+            "text/plain; charset=\"open",
+            "text/plain; a=b c",
+            "text/pläin",
+            "text/plain\n",
+            "a/b/c",
+        ] {
+            assert!(invalid(content_type("t", bad)), "{bad:?}");
+        }
+        let long = format!("a/{}", "b".repeat(MAX_CONTENT_TYPE_LEN - 1));
+        assert!(invalid(content_type("t", &long)));
     }
 
     #[test]

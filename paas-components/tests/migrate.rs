@@ -306,3 +306,93 @@ async fn objects_move_between_real_stores() {
         }
     }
 }
+
+/// An S3 client that bypasses the portable rules, like another tool (boto3, the AWS CLI)
+/// writing to the same bucket.
+fn raw_s3(url: &str) -> object_store::aws::AmazonS3 {
+    let parsed = url::Url::parse(url).unwrap();
+    let param = |name: &str| {
+        parsed
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(parsed.host_str().unwrap())
+        .with_endpoint(param("endpoint").unwrap())
+        .with_region(param("region").unwrap_or_else(|| "us-east-1".into()))
+        .with_access_key_id(param("access_key_id").unwrap())
+        .with_secret_access_key(param("secret_access_key").unwrap())
+        .with_allow_http(true)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_flight_refuses_before_copying_anything() {
+    use object_store::{Attribute, AttributeValue, Attributes, ObjectStore};
+    let s3_configured = std::env::var("S3_TEST_URL").unwrap_or_else(|_| S3.to_string());
+    let Some(s3_url) = support::server_url(
+        "S3_TEST_URL",
+        S3,
+        &endpoint_of(&s3_configured, "127.0.0.1:9000"),
+    )
+    .await
+    else {
+        return;
+    };
+    let s3 = S3BlobStore::from_url(&s3_url).unwrap();
+    let prefix = format!("{}/", unique_name("preflight-"));
+    for i in 0..5 {
+        s3.put_bytes(&format!("{prefix}a-{i}"), Bytes::from_static(b"ok"))
+            .await
+            .unwrap();
+    }
+    // Written by another tool: a metadata name with `-`, which the portable rule refuses
+    // (Azure could not store it), listed after the good objects.
+    let bad = format!("{prefix}z-foreign");
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        Attribute::Metadata("my-key".into()),
+        AttributeValue::from("v"),
+    );
+    raw_s3(&s3_url)
+        .put_opts(
+            &object_store::path::Path::from(bad.as_str()),
+            object_store::PutPayload::from_static(b"x"),
+            object_store::PutOptions {
+                attributes,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s3.head(&bad)
+            .await
+            .unwrap()
+            .metadata
+            .get("my-key")
+            .map(String::as_str),
+        Some("v")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalBlobStore::open(dir.path()).unwrap();
+    let err = copy_blobs(&s3, &local, &prefix, CopyOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), cloud_abstraction::ErrorKind::InvalidArgument);
+    assert!(err.message().contains(&bad), "names the item: {err}");
+    assert!(
+        err.message().contains("my-key"),
+        "names the rule broken: {err}"
+    );
+    assert!(
+        local.list_all(&prefix).await.unwrap().is_empty(),
+        "nothing was copied"
+    );
+    for meta in s3.list_all(&prefix).await.unwrap() {
+        s3.delete(&meta.key).await.unwrap();
+    }
+}

@@ -79,14 +79,16 @@ fn model_test() {
 }
 
 #[tokio::test]
-async fn metadata_names_with_dashes_and_digits_round_trip() {
+async fn metadata_names_are_sent_as_written() {
+    // Portable names are lower-case C# identifiers, so Azure stores them unchanged (no
+    // escaping), and other Azure tools see the same names.
     let Some(url) = test_url().await else { return };
     let store = AzureBlobStore::from_url(&url).unwrap();
     let key = format!("{}/meta", unique_name("azmeta-"));
     let options = PutOptions::default()
-        .with_metadata("vehicle-id", "VIN9")
-        .with_metadata("9lives", "yes")
-        .with_metadata("a-b-c", "d");
+        .with_metadata("vehicle_id", "VIN9")
+        .with_metadata("_lives9", "yes")
+        .with_metadata("a_b_c", "d");
     store
         .put(&key, Bytes::from_static(b"x"), options.clone())
         .await
@@ -175,4 +177,65 @@ async fn outage_is_retryable_and_acknowledged_writes_survive() {
     let store = Arc::new(AzureBlobStore::from_url(&via(&url, &proxy.addr().to_string())).unwrap());
     let direct = Arc::new(AzureBlobStore::from_url(&url).unwrap());
     support::blob_faults::cut_and_restore_keeps_acknowledged_objects(&proxy, store, direct).await;
+}
+
+#[tokio::test]
+async fn copy_if_not_exists_copies_metadata_written_by_other_tools() {
+    use object_store::{Attribute, AttributeValue, Attributes, ObjectStore};
+    let Some(url) = test_url().await else { return };
+    let store = AzureBlobStore::from_url(&url).unwrap();
+    let prefix = unique_name("azforeign-");
+    let from = format!("{prefix}/from");
+    // Another Azure tool may write what the portable rule does not let a caller write (here a
+    // content type that is not `type/subtype`, and a mixed-case metadata name); a copy inside
+    // the store must still take the object along as it is.
+    let endpoint = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "endpoint")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let raw = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_use_emulator(true)
+        .with_container_name("test-container")
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let mut attributes = Attributes::new();
+    attributes.insert(
+        Attribute::Metadata("MyKey".into()),
+        AttributeValue::from("v"),
+    );
+    attributes.insert(Attribute::ContentType, AttributeValue::from("weird"));
+    raw.put_opts(
+        &object_store::path::Path::from(from.as_str()),
+        object_store::PutPayload::from_static(b"x"),
+        object_store::PutOptions {
+            attributes,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let source = store.head(&from).await.unwrap();
+    assert_eq!(source.content_type.as_deref(), Some("weird"));
+    assert!(!source.metadata.is_empty());
+    let to = format!("{prefix}/to");
+    store
+        .copy(
+            &from,
+            &to,
+            cloud_abstraction::storage::CopyOptions {
+                if_not_exists: true,
+            },
+        )
+        .await
+        .unwrap();
+    let copy = store.head(&to).await.unwrap();
+    assert_eq!(copy.content_type, source.content_type);
+    assert_eq!(copy.metadata, source.metadata);
+    for key in [&from, &to] {
+        store.delete(key).await.unwrap();
+    }
 }

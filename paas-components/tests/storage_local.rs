@@ -240,3 +240,53 @@ async fn open_rejects_a_file_root_and_reports_location() {
     assert_eq!(store.info().location.provider, "azure");
     assert!(store.root().join(".staging").is_dir());
 }
+
+#[tokio::test]
+async fn abandoned_multipart_uploads_are_removed_on_open() {
+    use paas_components::storage::local::STALE_UPLOAD;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalBlobStore::open(dir.path()).unwrap();
+    let old = store
+        .create_multipart("a/old", PutOptions::default())
+        .await
+        .unwrap();
+    store
+        .put_part("a/old", &old, 0, "part".into())
+        .await
+        .unwrap();
+    let fresh = store
+        .create_multipart("a/fresh", PutOptions::default())
+        .await
+        .unwrap();
+    let uploads = dir.path().join(".staging").join("uploads");
+    // The old upload's last part was written longer ago than the limit.
+    let old_dir = uploads.join(&old.0);
+    std::fs::File::open(&old_dir)
+        .unwrap()
+        .set_modified(
+            std::time::SystemTime::now() - STALE_UPLOAD - std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    drop(store);
+
+    let store = LocalBlobStore::open(dir.path()).unwrap();
+    assert!(!old_dir.exists(), "the abandoned upload's parts are gone");
+    assert_eq!(
+        store
+            .put_part("a/old", &old, 1, "more".into())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    // A recent upload is kept and still completes.
+    let part = store
+        .put_part("a/fresh", &fresh, 0, "x".into())
+        .await
+        .unwrap();
+    store
+        .complete_multipart("a/fresh", &fresh, vec![part])
+        .await
+        .unwrap();
+    assert_eq!(store.get_bytes("a/fresh").await.unwrap(), "x");
+}

@@ -21,6 +21,11 @@ use std::fmt::Debug;
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
+/// The content type of an object that was written without one, on every store (RFC 9110's
+/// type for bytes of unknown kind; S3 would otherwise answer `binary/octet-stream`, Azure
+/// `application/octet-stream`, the embedded stores nothing).
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
 /// What a blob store can do beyond the basics (put, get, head, delete, list, copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -92,9 +97,12 @@ pub enum PutMode {
 pub struct PutOptions {
     /// Overwrite, create-only, or update-if-ETag-matches.
     pub mode: PutMode,
-    /// MIME type stored with the object.
+    /// MIME type stored with the object; `None` stores [`DEFAULT_CONTENT_TYPE`] (on a store
+    /// with the `metadata` capability). Checked by
+    /// [`validate::content_type`](crate::validate::content_type).
     pub content_type: Option<String>,
-    /// User metadata stored with the object (keys: lower-case ASCII letters, digits, `-`).
+    /// User metadata stored with the object (names: lower-case ASCII letters, digits and `_`;
+    /// values: printable ASCII; see [`validate::metadata`](crate::validate::metadata)).
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -210,7 +218,9 @@ pub struct ObjectMeta {
     pub etag: String,
     /// When the object was last written.
     pub last_modified: SystemTime,
-    /// MIME type, if stored.
+    /// MIME type: as written, or [`DEFAULT_CONTENT_TYPE`] if the put set none. `None` where
+    /// the store has no `metadata` capability, and in listings of stores whose list API does
+    /// not return it (S3, Azure).
     pub content_type: Option<String>,
     /// User metadata (empty if the store has no metadata capability).
     pub metadata: BTreeMap<String, String>,

@@ -45,6 +45,7 @@ pub fn cases() -> Vec<Case<dyn MessageQueue>> {
         conformance_case!(invalid_options_rejected),
         conformance_case!(oversized_body_rejected),
         conformance_case!(attributes_round_trip),
+        conformance_case!(message_rules),
         conformance_case!(group_sees_only_later_messages),
         conformance_case!(fan_out_to_groups),
         conformance_case!(competing_consumers),
@@ -351,7 +352,7 @@ async fn attributes_round_trip(q: Q) {
     let body: Vec<u8> = (0..=255u8).collect();
     let message = Message::new(body.clone())
         .with_attribute("vin", "WVW-123")
-        .with_attribute("ünïcode", "värde ✓")
+        .with_attribute("unicode", "värde ✓")
         .with_attribute("empty", "");
     let before = SystemTime::now();
     let id = q.publish(&topic, message.clone()).await.unwrap();
@@ -378,6 +379,174 @@ async fn attributes_round_trip(q: Q) {
     for m in &got {
         q.ack(&topic, &group, &m.receipt).await.unwrap();
     }
+    q.delete_topic(&topic).await.unwrap();
+}
+
+/// Unusual and bad messages with the portable verdict (see
+/// [`validate::queue`](crate::validate::queue)): every queue must give the same one.
+fn message_table(caps: &crate::queue::QueueCapabilities) -> Vec<(&'static str, Message, bool)> {
+    use crate::validate::queue::{MAX_ATTRIBUTE_NAME_LEN, MAX_ATTRIBUTE_VALUE_LEN, MAX_ATTRIBUTES};
+    let m = || Message::new("x");
+    let many = |n: usize| (0..n).fold(m(), |m, i| m.with_attribute(format!("a{i}"), "v"));
+    let mut table = vec![
+        (
+            "attribute name with `-`, `_` and `.`",
+            m().with_attribute("trace-id_x.y", "1"),
+            true,
+        ),
+        (
+            "upper-case attribute name",
+            m().with_attribute("Content-Type", "text/plain"),
+            true,
+        ),
+        (
+            "non-ASCII attribute value",
+            m().with_attribute("city", "Zürich ✓"),
+            true,
+        ),
+        (
+            "empty attribute value",
+            m().with_attribute("empty", ""),
+            true,
+        ),
+        (
+            "longest attribute name",
+            m().with_attribute("n".repeat(MAX_ATTRIBUTE_NAME_LEN), "v"),
+            true,
+        ),
+        (
+            "longest attribute value",
+            m().with_attribute("v", "v".repeat(MAX_ATTRIBUTE_VALUE_LEN)),
+            true,
+        ),
+        ("most attributes", many(MAX_ATTRIBUTES), true),
+        ("empty attribute name", m().with_attribute("", "v"), false),
+        (
+            "attribute name starting with a digit",
+            m().with_attribute("1a", "v"),
+            false,
+        ),
+        (
+            "attribute name with a space",
+            m().with_attribute("a b", "v"),
+            false,
+        ),
+        (
+            "attribute name with `:`",
+            m().with_attribute("a:b", "v"),
+            false,
+        ),
+        (
+            "non-ASCII attribute name",
+            m().with_attribute("ünïcode", "v"),
+            false,
+        ),
+        (
+            "reserved attribute prefix",
+            m().with_attribute("googclient", "v"),
+            false,
+        ),
+        (
+            "attribute names differing in case",
+            m().with_attribute("key", "1").with_attribute("KEY", "2"),
+            false,
+        ),
+        (
+            "overlong attribute name",
+            m().with_attribute("n".repeat(MAX_ATTRIBUTE_NAME_LEN + 1), "v"),
+            false,
+        ),
+        (
+            "overlong attribute value",
+            m().with_attribute("v", "v".repeat(MAX_ATTRIBUTE_VALUE_LEN + 1)),
+            false,
+        ),
+        (
+            "attribute value with a newline",
+            m().with_attribute("a", "x\ny"),
+            false,
+        ),
+        ("too many attributes", many(MAX_ATTRIBUTES + 1), false),
+    ];
+    if caps.deduplication {
+        table.push(("empty message id", m().with_id(""), false));
+        table.push((
+            "message id with a control character",
+            m().with_id("a\u{1}"),
+            false,
+        ));
+    }
+    if caps.ordering_keys {
+        table.push(("empty ordering key", m().with_ordering_key(""), false));
+    }
+    if let Some(max) = caps.max_message_size {
+        let over = usize::try_from(max).unwrap_or(usize::MAX - 1) + 1;
+        table.push(("oversized body", Message::new(vec![0u8; over]), false));
+    }
+    table
+}
+
+/// The number of rows of the message table that `message_rules` runs against `caps`.
+pub fn message_table_len(caps: &crate::queue::QueueCapabilities) -> usize {
+    message_table(caps).len()
+}
+
+async fn message_rules(q: Q) {
+    use crate::validate::queue::{MAX_BATCH, MAX_RECEIVE};
+    let (topic, group) = setup(&q, deadline(30.0)).await;
+    let mut expected = Vec::new();
+    for (what, message, valid) in message_table(&q.capabilities()) {
+        let result = q.publish(&topic, message.clone()).await;
+        if valid {
+            let id = result.unwrap_or_else(|e| panic!("publish with {what}: unexpected error {e}"));
+            expected.push((what, id, message));
+        } else {
+            assert_kind(
+                result,
+                ErrorKind::InvalidArgument,
+                &format!("publish with {what}"),
+            );
+            // In a batch, one bad message refuses the whole batch.
+            assert_kind(
+                q.publish_batch(&topic, vec![Message::new("batched"), message])
+                    .await,
+                ErrorKind::InvalidArgument,
+                &format!("batch with {what}"),
+            );
+        }
+    }
+    let too_many: Vec<Message> = (0..=MAX_BATCH).map(|_| Message::new("x")).collect();
+    assert_kind(
+        q.publish_batch(&topic, too_many).await,
+        ErrorKind::InvalidArgument,
+        "batch over the message limit",
+    );
+    assert_kind(
+        q.receive(&topic, &group, now_opts(MAX_RECEIVE + 1)).await,
+        ErrorKind::InvalidArgument,
+        "receive over the message limit",
+    );
+    // Only the valid messages arrived, with their attributes unchanged.
+    let got = receive_n(&q, &topic, &group, expected.len()).await;
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "only the accepted messages are delivered"
+    );
+    for (what, id, message) in &expected {
+        let m = got
+            .iter()
+            .find(|m| &m.id == id)
+            .unwrap_or_else(|| panic!("{what}: message not delivered"));
+        assert_eq!(m.attributes, message.attributes, "{what}: attributes");
+    }
+    for m in &got {
+        q.ack(&topic, &group, &m.receipt).await.unwrap();
+    }
+    assert!(
+        receive_now(&q, &topic, &group).await.is_empty(),
+        "nothing else was queued"
+    );
     q.delete_topic(&topic).await.unwrap();
 }
 

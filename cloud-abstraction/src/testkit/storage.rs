@@ -39,6 +39,7 @@ pub fn cases() -> Vec<Case<dyn BlobStore>> {
         crate::conformance_case!(list_with_prefix),
         crate::conformance_case!(list_with_delimiter),
         crate::conformance_case!(list_start_after),
+        crate::conformance_case!(list_start_after_with_delimiter),
         crate::conformance_case!(list_pagination),
         crate::conformance_case!(list_pagination_with_delimiter),
         crate::conformance_case!(copy_object),
@@ -46,6 +47,7 @@ pub fn cases() -> Vec<Case<dyn BlobStore>> {
         crate::conformance_case!(multipart_abort),
         crate::conformance_case!(large_object_round_trip),
         crate::conformance_case!(invalid_keys_rejected),
+        crate::conformance_case!(metadata_and_content_type_rules),
         crate::conformance_case!(max_put_size_enforced),
         crate::conformance_case!(presign_unless_claimed_is_unsupported),
     ]
@@ -258,7 +260,7 @@ async fn content_type_and_metadata_round_trip(store: Store) {
     let key = format!("{p}meta.json");
     let options = PutOptions::default()
         .with_content_type("application/json")
-        .with_metadata("vehicle-id", "VIN123")
+        .with_metadata("vehicle_id", "VIN123")
         .with_metadata("schema", "v2");
     let result = store.put(&key, bytes("{}"), options).await;
     if caps(&store).metadata {
@@ -266,7 +268,7 @@ async fn content_type_and_metadata_round_trip(store: Store) {
         let head = ok(store.head(&key).await, "head");
         assert_eq!(head.content_type.as_deref(), Some("application/json"));
         assert_eq!(
-            head.metadata.get("vehicle-id").map(String::as_str),
+            head.metadata.get("vehicle_id").map(String::as_str),
             Some("VIN123")
         );
         assert_eq!(head.metadata.get("schema").map(String::as_str), Some("v2"));
@@ -728,6 +730,40 @@ async fn list_start_after(store: Store) {
     cleanup(&store, &p).await;
 }
 
+/// With a delimiter, `start_after` selects keys and the selected keys are then grouped: a
+/// common prefix is listed if any key under it is after `start_after`, even when the prefix
+/// itself sorts before it (`b/` for `start_after = "b/1"` and a key `b/2`).
+async fn list_start_after_with_delimiter(store: Store) {
+    let p = prefix();
+    for k in ["a/1", "b/1", "b/2", "c/1", "d"] {
+        put(&store, &format!("{p}{k}"), k).await;
+    }
+    let listing = |start_after: &str, max: Option<usize>| ListOptions {
+        prefix: p.clone(),
+        delimiter: true,
+        start_after: Some(format!("{p}{start_after}")),
+        max_results: max,
+        ..ListOptions::default()
+    };
+    for max in [None, Some(1)] {
+        let (keys, prefixes) = all_pages(&store, listing("b/1", max)).await;
+        assert_eq!(
+            prefixes,
+            vec![format!("{p}b/"), format!("{p}c/")],
+            "b/ holds b/2, which is after b/1 (page size {max:?})"
+        );
+        assert_eq!(keys, vec![format!("{p}d")], "page size {max:?}");
+        let (keys, prefixes) = all_pages(&store, listing("b/2", max)).await;
+        assert_eq!(
+            prefixes,
+            vec![format!("{p}c/")],
+            "nothing under b/ is after b/2 (page size {max:?})"
+        );
+        assert_eq!(keys, vec![format!("{p}d")], "page size {max:?}");
+    }
+    cleanup(&store, &p).await;
+}
+
 async fn list_pagination(store: Store) {
     let p = prefix();
     let names = ["a", "b/1", "b/2", "c", "d/e/f", "g", "h", "i/j"];
@@ -1069,6 +1105,222 @@ async fn invalid_keys_rejected(store: Store) {
         ok(store.list_all(&p).await, "list").is_empty(),
         "no invalid key left anything behind"
     );
+}
+
+/// One row of [`put_option_table`]: what is written besides the bytes, and whether the portable
+/// rule accepts it.
+struct PutOptionCase {
+    what: &'static str,
+    content_type: Option<String>,
+    metadata: Vec<(String, String)>,
+    valid: bool,
+}
+
+/// Unusual and bad content types and metadata, with the portable verdict (see
+/// [`validate`](crate::validate)): every store must give the same one.
+fn put_option_table() -> Vec<PutOptionCase> {
+    let row = |what, ct: Option<&str>, md: &[(&str, &str)], valid| PutOptionCase {
+        what,
+        content_type: ct.map(str::to_string),
+        metadata: md
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        valid,
+    };
+    let long_name = "n".repeat(crate::validate::MAX_METADATA_NAME_LEN);
+    let too_long_name = "n".repeat(crate::validate::MAX_METADATA_NAME_LEN + 1);
+    // Names and values together at the limit, and one byte over it.
+    let full = "v".repeat(crate::validate::MAX_METADATA_SIZE - 1);
+    let over = "v".repeat(crate::validate::MAX_METADATA_SIZE);
+    let long_ct = format!(
+        "a/{}",
+        "b".repeat(crate::validate::MAX_CONTENT_TYPE_LEN - 2)
+    );
+    let too_long_ct = format!(
+        "a/{}",
+        "b".repeat(crate::validate::MAX_CONTENT_TYPE_LEN - 1)
+    );
+    let mut table = vec![
+        row("plain name and value", None, &[("owner", "fleet")], true),
+        row("name with `_`", None, &[("vehicle_id", "VIN1")], true),
+        row("name starting with `_`", None, &[("_private", "1")], true),
+        row("name with digits", None, &[("schema2", "v2")], true),
+        row("empty value", None, &[("empty", "")], true),
+        row(
+            "value with spaces and punctuation",
+            None,
+            &[("note", "a b=c; d/e ~!")],
+            true,
+        ),
+        row("name with `-`", None, &[("vehicle-id", "VIN1")], false),
+        row("upper-case name", None, &[("Owner", "fleet")], false),
+        row(
+            "names differing in case",
+            None,
+            &[("owner", "a"), ("OWNER", "b")],
+            false,
+        ),
+        row("empty name", None, &[("", "v")], false),
+        row(
+            "name starting with a digit",
+            None,
+            &[("9lives", "yes")],
+            false,
+        ),
+        row("name with a space", None, &[("a b", "v")], false),
+        row("name with `.`", None, &[("a.b", "v")], false),
+        row("non-ASCII name", None, &[("größe", "v")], false),
+        row("non-ASCII value", None, &[("city", "café")], false),
+        row("value with a newline", None, &[("a", "x\ny")], false),
+        row("value with a tab", None, &[("a", "x\ty")], false),
+        row("value with a leading space", None, &[("a", " x")], false),
+        row("value with a trailing space", None, &[("a", "x ")], false),
+        row("simple content type", Some("application/json"), &[], true),
+        row(
+            "content type with a parameter",
+            Some("text/plain; charset=utf-8"),
+            &[],
+            true,
+        ),
+        row(
+            "content type with a quoted parameter",
+            Some("multipart/mixed; boundary=\"a b\""),
+            &[],
+            true,
+        ),
+        row(
+            "structured-syntax content type",
+            Some("application/vnd.api+json"),
+            &[],
+            true,
+        ),
+        row("empty content type", Some(""), &[], false),
+        row("content type without subtype", Some("text"), &[], false),
+        row(
+            "content type with an empty subtype",
+            Some("text/"),
+            &[],
+            false,
+        ),
+        row("content type with a space", Some("text /plain"), &[], false),
+        row(
+            "content type with a bad parameter",
+            Some("text/plain; charset"),
+            &[],
+            false,
+        ),
+        row(
+            "content type with a newline",
+            Some("text/plain\r\nx-evil: 1"),
+            &[],
+            false,
+        ),
+        row("non-ASCII content type", Some("text/plän"), &[], false),
+    ];
+    table.push(PutOptionCase {
+        what: "longest name",
+        content_type: None,
+        metadata: vec![(long_name, "v".into())],
+        valid: true,
+    });
+    table.push(PutOptionCase {
+        what: "overlong name",
+        content_type: None,
+        metadata: vec![(too_long_name, "v".into())],
+        valid: false,
+    });
+    table.push(PutOptionCase {
+        what: "metadata of exactly the size limit",
+        content_type: None,
+        metadata: vec![("a".into(), full)],
+        valid: true,
+    });
+    table.push(PutOptionCase {
+        what: "overlong value",
+        content_type: None,
+        metadata: vec![("a".into(), over)],
+        valid: false,
+    });
+    table.push(PutOptionCase {
+        what: "longest content type",
+        content_type: Some(long_ct),
+        metadata: vec![],
+        valid: true,
+    });
+    table.push(PutOptionCase {
+        what: "overlong content type",
+        content_type: Some(too_long_ct),
+        metadata: vec![],
+        valid: false,
+    });
+    table
+}
+
+/// The number of rows of the metadata / content type table that
+/// `metadata_and_content_type_rules` runs against every store.
+pub fn put_option_table_len() -> usize {
+    put_option_table().len()
+}
+
+async fn metadata_and_content_type_rules(store: Store) {
+    let p = prefix();
+    let c = caps(&store);
+    for (i, row) in put_option_table().into_iter().enumerate() {
+        let key = format!("{p}row-{i}");
+        let options = PutOptions {
+            content_type: row.content_type.clone(),
+            metadata: row.metadata.iter().cloned().collect(),
+            ..PutOptions::default()
+        };
+        let what = format!("put with {}", row.what);
+        let result = store.put(&key, bytes("x"), options.clone()).await;
+        if !c.metadata {
+            // Without the capability any content type or metadata is refused: as
+            // unsupported, or (if the input is bad anyway) as invalid.
+            match result {
+                Err(e)
+                    if e.kind() == ErrorKind::Unsupported
+                        || (!row.valid && e.kind() == ErrorKind::InvalidArgument) => {}
+                other => panic!("{what}: expected Unsupported, got {other:?}"),
+            }
+            continue;
+        }
+        if row.valid {
+            ok(result, &what);
+            let head = ok(store.head(&key).await, "head");
+            // A put without a content type stores the portable default everywhere.
+            let content_type = options
+                .content_type
+                .clone()
+                .unwrap_or_else(|| crate::storage::DEFAULT_CONTENT_TYPE.to_string());
+            assert_eq!(
+                head.content_type.as_deref(),
+                Some(content_type.as_str()),
+                "{what}: content type"
+            );
+            assert_eq!(head.metadata, options.metadata, "{what}: metadata");
+        } else {
+            assert_kind(result, ErrorKind::InvalidArgument, &what);
+            assert_kind(
+                store.head(&key).await,
+                ErrorKind::NotFound,
+                &format!("{what}: nothing stored"),
+            );
+        }
+        if c.multipart {
+            let what = format!("create_multipart with {}", row.what);
+            let upload = store.create_multipart(&key, options).await;
+            match (row.valid, upload) {
+                (true, Ok(upload)) => ok(store.abort_multipart(&key, &upload).await, "abort"),
+                // A backend may refuse attributes on multipart uploads as a whole.
+                (true, Err(e)) if e.kind() == ErrorKind::Unsupported => {}
+                (true, Err(e)) => panic!("{what}: unexpected error {e}"),
+                (false, result) => assert_kind(result, ErrorKind::InvalidArgument, &what),
+            }
+        }
+    }
+    cleanup(&store, &p).await;
 }
 
 async fn max_put_size_enforced(store: Store) {

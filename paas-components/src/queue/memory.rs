@@ -414,9 +414,7 @@ impl MessageQueue for MemoryQueue {
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<String>> {
         checks::topic(BACKEND, topic)?;
         let caps = self.capabilities();
-        for m in &messages {
-            checks::message(BACKEND, &caps, m)?;
-        }
+        checks::batch(BACKEND, &caps, &messages)?;
         let now = Instant::now();
         let window = self.inner.dedup_window;
         let mut state = self.lock()?;

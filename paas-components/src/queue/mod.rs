@@ -27,112 +27,16 @@ pub use memory::MemoryQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 
-/// Input checks shared by the queue backends, so that they reject the same input the same way.
+/// Input checks of the queue backends. The portable rules (names, message and batch limits,
+/// leases, delays) are `cloud_abstraction::validate::queue`; what is specific to the embedded
+/// backends (their receipt format, the long-poll clock) is here.
 #[allow(dead_code)] // which helpers are used depends on the enabled features
 pub(crate) mod checks {
-    use cloud_abstraction::queue::{GroupOptions, Message, QueueCapabilities, ReceiveOptions};
-    use cloud_abstraction::{Error, Result, validate};
-    use std::time::Duration;
-
-    /// Longest ack deadline or lease extension (Pub/Sub's limit is 10 minutes; we are lenient).
-    pub(crate) const MAX_LEASE: Duration = Duration::from_secs(12 * 3600);
-    /// Longest publish or nack delay.
-    pub(crate) const MAX_DELAY: Duration = Duration::from_secs(15 * 24 * 3600);
-    /// Most attributes on one message.
-    pub(crate) const MAX_ATTRIBUTES: usize = 100;
-
-    pub(crate) fn topic(backend: &'static str, topic: &str) -> Result<()> {
-        validate::resource_name(backend, "topic", topic)
-    }
-
-    pub(crate) fn topic_group(backend: &'static str, topic: &str, group: &str) -> Result<()> {
-        validate::resource_name(backend, "topic", topic)?;
-        validate::resource_name(backend, "group", group)
-    }
-
-    /// Checks a message against the rules and the backend's capabilities.
-    pub(crate) fn message(
-        backend: &'static str,
-        caps: &QueueCapabilities,
-        message: &Message,
-    ) -> Result<()> {
-        validate::payload_size(
-            backend,
-            "message body",
-            message.body.len(),
-            caps.max_message_size,
-        )?;
-        if let Some(id) = &message.id {
-            if !caps.deduplication {
-                return Err(Error::unsupported(backend, "message ids (de-duplication)"));
-            }
-            validate::document_id(backend, id)?;
-        }
-        if let Some(key) = &message.ordering_key {
-            if !caps.ordering_keys {
-                return Err(Error::unsupported(backend, "ordering keys"));
-            }
-            validate::document_id(backend, key)
-                .map_err(|e| Error::invalid(backend, format!("ordering key: {}", e.message())))?;
-        }
-        if let Some(delay) = message.delay.filter(|d| !d.is_zero()) {
-            if !caps.delayed_delivery {
-                return Err(Error::unsupported(backend, "delayed delivery"));
-            }
-            if delay > MAX_DELAY {
-                return Err(Error::invalid(
-                    backend,
-                    format!("delay of {delay:?} is over the limit of {MAX_DELAY:?}"),
-                ));
-            }
-        }
-        if message.attributes.len() > MAX_ATTRIBUTES {
-            return Err(Error::invalid(
-                backend,
-                format!("more than {MAX_ATTRIBUTES} attributes"),
-            ));
-        }
-        for key in message.attributes.keys() {
-            validate::document_id(backend, key)
-                .map_err(|e| Error::invalid(backend, format!("attribute name: {}", e.message())))?;
-        }
-        Ok(())
-    }
-
-    /// Checks group options; the dead-letter topic's existence is the backend's to check.
-    pub(crate) fn group_options(
-        backend: &'static str,
-        caps: &QueueCapabilities,
-        topic: &str,
-        options: &GroupOptions,
-    ) -> Result<()> {
-        lease(backend, "ack deadline", options.ack_deadline)?;
-        if (options.max_attempts.is_some() || options.dead_letter_topic.is_some())
-            && !caps.dead_letter
-        {
-            return Err(Error::unsupported(backend, "dead-lettering"));
-        }
-        if options.max_attempts == Some(0) {
-            return Err(Error::invalid(backend, "max_attempts must be at least 1"));
-        }
-        if let Some(dlq) = &options.dead_letter_topic {
-            validate::resource_name(backend, "dead-letter topic", dlq)?;
-            if dlq == topic {
-                return Err(Error::invalid(
-                    backend,
-                    "a topic cannot be its own dead-letter topic",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn receive(backend: &'static str, options: &ReceiveOptions) -> Result<()> {
-        if options.max_messages == 0 {
-            return Err(Error::invalid(backend, "max_messages must be at least 1"));
-        }
-        Ok(())
-    }
+    use cloud_abstraction::queue::ReceiveOptions;
+    pub(crate) use cloud_abstraction::validate::queue::{
+        batch, group_options, lease, nack_delay, receive, topic, topic_group,
+    };
+    use cloud_abstraction::{Error, Result};
 
     /// When a long poll of `options.wait` started now gives up. A wait too long to add to
     /// the clock (e.g. `Duration::MAX`) is `InvalidArgument` rather than an overflow panic.
@@ -143,34 +47,6 @@ pub(crate) mod checks {
         tokio::time::Instant::now()
             .checked_add(options.wait)
             .ok_or_else(|| Error::invalid(backend, "the receive wait is too long"))
-    }
-
-    /// A lease length (ack deadline or extension): more than zero, at most [`MAX_LEASE`].
-    pub(crate) fn lease(backend: &'static str, what: &str, lease: Duration) -> Result<()> {
-        if lease.is_zero() || lease > MAX_LEASE {
-            return Err(Error::invalid(
-                backend,
-                format!("{what} must be more than zero and at most {MAX_LEASE:?}"),
-            ));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn nack_delay(
-        backend: &'static str,
-        caps: &QueueCapabilities,
-        delay: Duration,
-    ) -> Result<()> {
-        if !delay.is_zero() && !caps.nack_delay {
-            return Err(Error::unsupported(backend, "nack with a delay"));
-        }
-        if delay > MAX_DELAY {
-            return Err(Error::invalid(
-                backend,
-                format!("nack delay of {delay:?} is over the limit of {MAX_DELAY:?}"),
-            ));
-        }
-        Ok(())
     }
 
     /// Splits a receipt `"<sequence>.<token>"`.

@@ -658,9 +658,7 @@ impl MessageQueue for SqliteQueue {
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<String>> {
         checks::topic(BACKEND, topic)?;
         let caps = self.capabilities();
-        for m in &messages {
-            checks::message(BACKEND, &caps, m)?;
-        }
+        checks::batch(BACKEND, &caps, &messages)?;
         let err = |e| db_error("publishing", e);
         let mut tx = self.begin().await?;
         if !Self::topic_exists(&mut tx, topic).await? {

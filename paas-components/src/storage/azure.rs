@@ -17,12 +17,14 @@
 //! multipart (blocks of any size; content type and metadata of a multipart upload are not
 //! supported by object_store's block API, so asking for them is `Unsupported`), content type
 //! and user metadata. No presigning (Azure SAS needs a user delegation key, which shared-key
-//! credentials cannot get). Azure metadata names are C# identifiers: `-` travels as `_` behind
-//! an `m_` prefix and comes back as `-`.
+//! credentials cannot get). Metadata names are sent as written: the portable rule
+//! ([`validate::metadata_name`](cloud_abstraction::validate::metadata_name)) only admits
+//! lower-case C# identifiers, which is what Azure requires. Names written by other tools are
+//! returned as Azure stores them.
 
 use super::object_store_adapter::{
-    Flavor, MetadataNames, ObjectStoreBlobStore, client_options, delegate_blob_store,
-    is_loopback_http, parse_bool, retry_config,
+    Flavor, ObjectStoreBlobStore, client_options, delegate_blob_store, is_loopback_http,
+    parse_bool, retry_config,
 };
 use cloud_abstraction::storage::StorageCapabilities;
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
@@ -150,8 +152,8 @@ impl AzureBlobStore {
             // Azurite ignores `startFrom`, and Azure's is inclusive: filter client-side.
             server_list_offset: false,
             list_from_parent: true,
+            send_default_content_type: false,
             suffix_ranges: false,
-            metadata_names: MetadataNames::CSharpIdentifier,
             attributes_need_upload_handle: true,
         };
         Ok(Self {

@@ -16,7 +16,10 @@
 //! A write goes to a temporary file in `<root>/.staging/tmp/`, is fsynced, and is renamed over
 //! the target, so a reader sees the old or the new object, never a part, and an interrupted
 //! write leaves the previous version (and a temporary file that is never listed; those older
-//! than a day are removed when a store is opened). Conditional writes (create-only,
+//! than a day are removed when a store is opened). Multipart uploads live in
+//! `<root>/.staging/uploads/<id>/` until completed or aborted; an upload that no part was
+//! written to for [`STALE_UPLOAD`] (7 days) is removed when a store is opened, so abandoned
+//! uploads do not fill the disk. Conditional writes (create-only,
 //! if-match, copy if-not-exists, multipart completion) check and rename under a per-key lock:
 //! they are atomic **within one process**; two processes writing the same root conditionally
 //! can both win.
@@ -231,6 +234,7 @@ impl LocalBlobStore {
             fs::create_dir_all(&dir).map_err(|e| io_error("creating the store root", e))?;
         }
         remove_stale_temp_files(&root.join(STAGING).join("tmp"));
+        remove_stale_uploads(&root.join(STAGING).join("uploads"));
         let real_root =
             fs::canonicalize(&root).map_err(|e| io_error("resolving the store root", e))?;
         tracing::debug!(backend = BACKEND, root = %root.display(), "opened file blob store");
@@ -320,20 +324,42 @@ impl Drop for TempFile {
     }
 }
 
+/// Age after which a temporary file is an interrupted write's leftover.
+const STALE_TEMP: Duration = Duration::from_secs(24 * 3600);
+/// Age after which an unfinished multipart upload is abandoned (S3 lifecycle rules commonly
+/// abort incomplete uploads after 7 days).
+pub const STALE_UPLOAD: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Whether `path` was last modified longer than `age` ago.
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
+}
+
 fn remove_stale_temp_files(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
-    let day = Duration::from_secs(24 * 3600);
     for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > day);
-        if stale {
+        if older_than(&entry.path(), STALE_TEMP) {
             let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes the upload directories that no part was written to for [`STALE_UPLOAD`] (a part
+/// lands in its upload's directory, which refreshes the directory's modification time).
+fn remove_stale_uploads(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && older_than(&path, STALE_UPLOAD) {
+            let _ = fs::remove_dir_all(&path);
         }
     }
 }
@@ -620,9 +646,9 @@ impl BlobStore for LocalBlobStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, size = payload.len()), err(level = "debug"))]
-    async fn put(&self, key: &str, payload: Bytes, options: PutOptions) -> Result<PutResult> {
+    async fn put(&self, key: &str, payload: Bytes, mut options: PutOptions) -> Result<PutResult> {
         self.inner.object_path(key)?;
-        check_put_options(BACKEND, &options)?;
+        check_put_options(BACKEND, &mut options)?;
         let inner = Arc::clone(&self.inner);
         let PutOptions {
             mode,
@@ -779,9 +805,9 @@ impl BlobStore for LocalBlobStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
-    async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<MultipartId> {
+    async fn create_multipart(&self, key: &str, mut options: PutOptions) -> Result<MultipartId> {
         self.inner.object_path(key)?;
-        check_put_options(BACKEND, &options)?;
+        check_put_options(BACKEND, &mut options)?;
         let record = UploadRecord {
             key: key.to_string(),
             content_type: options.content_type,

@@ -172,9 +172,9 @@ impl BlobStore for MemoryBlobStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key, size = payload.len()), err(level = "debug"))]
-    async fn put(&self, key: &str, payload: Bytes, options: PutOptions) -> Result<PutResult> {
+    async fn put(&self, key: &str, payload: Bytes, mut options: PutOptions) -> Result<PutResult> {
         validate::object_key(BACKEND, key)?;
-        check_put_options(BACKEND, &options)?;
+        check_put_options(BACKEND, &mut options)?;
         let object = make_object(key, payload, &options);
         self.state().write(key, &options.mode, object)
     }
@@ -278,9 +278,9 @@ impl BlobStore for MemoryBlobStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, key = %key), err(level = "debug"))]
-    async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<MultipartId> {
+    async fn create_multipart(&self, key: &str, mut options: PutOptions) -> Result<MultipartId> {
         validate::object_key(BACKEND, key)?;
-        check_put_options(BACKEND, &options)?;
+        check_put_options(BACKEND, &mut options)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         self.state().uploads.insert(
             id.clone(),

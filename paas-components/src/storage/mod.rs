@@ -32,8 +32,8 @@ pub use s3::S3BlobStore;
 /// Helpers shared by the embedded stores (ETags, metadata checks, listing pages).
 #[cfg(any(feature = "memory", feature = "local"))]
 mod embedded {
-    use cloud_abstraction::storage::{ListOptions, PutOptions};
-    use cloud_abstraction::{Error, Result, validate};
+    use cloud_abstraction::storage::{DEFAULT_CONTENT_TYPE, ListOptions, PutOptions};
+    use cloud_abstraction::{Result, validate};
     use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
 
@@ -79,38 +79,14 @@ mod embedded {
         a.trim_matches('"') == b.trim_matches('"')
     }
 
-    /// Checks the content type and user metadata of a put (keys: lower-case ASCII letters,
-    /// digits and `-`; no control characters anywhere), as S3 and Azure would accept them.
-    pub(crate) fn check_put_options(backend: &'static str, options: &PutOptions) -> Result<()> {
-        if let Some(ct) = &options.content_type {
-            if ct.is_empty() || ct.chars().any(char::is_control) {
-                return Err(Error::invalid(
-                    backend,
-                    "content type is empty or has control characters",
-                ));
-            }
-        }
-        for (k, v) in &options.metadata {
-            if k.is_empty()
-                || !k
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                return Err(Error::invalid(
-                    backend,
-                    format!(
-                        "metadata key `{}` must be lower-case ASCII letters, digits and `-`",
-                        k.escape_debug()
-                    ),
-                ));
-            }
-            if v.chars().any(char::is_control) {
-                return Err(Error::invalid(
-                    backend,
-                    format!("metadata value of `{k}` has control characters"),
-                ));
-            }
-        }
+    /// Checks the content type and user metadata of a put: the portable rule of
+    /// [`validate::put_options`], the same as on S3 and Azure; a missing content type becomes
+    /// [`DEFAULT_CONTENT_TYPE`], as on the cloud stores.
+    pub(crate) fn check_put_options(backend: &'static str, options: &mut PutOptions) -> Result<()> {
+        validate::put_options(backend, options)?;
+        options
+            .content_type
+            .get_or_insert_with(|| DEFAULT_CONTENT_TYPE.to_string());
         Ok(())
     }
 

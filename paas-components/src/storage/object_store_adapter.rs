@@ -17,8 +17,9 @@
 
 use bytes::Bytes;
 use cloud_abstraction::storage::{
-    CopyOptions, GetOptions, GetRange, GetResult, ListOptions, ListPage, MultipartId, ObjectMeta,
-    PartId, PresignMethod, PutMode, PutOptions, PutResult, StorageCapabilities,
+    CopyOptions, DEFAULT_CONTENT_TYPE, GetOptions, GetRange, GetResult, ListOptions, ListPage,
+    MultipartId, ObjectMeta, PartId, PresignMethod, PutMode, PutOptions, PutResult,
+    StorageCapabilities,
 };
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
 use futures::StreamExt;
@@ -41,16 +42,6 @@ const MAX_PAGE: usize = 1000;
 /// Longest validity of a presigned URL (SigV4's limit).
 const MAX_PRESIGN: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// How a backend spells user metadata names on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MetadataNames {
-    /// As given (`x-amz-meta-<name>`).
-    Verbatim,
-    /// Azure names must be C# identifiers: `-` is sent as `_` (which our names never contain,
-    /// so the mapping is reversible) behind an `m_` prefix (names may start with a digit).
-    CSharpIdentifier,
-}
-
 /// The settings that differ between the backends using the adapter.
 #[derive(Debug, Clone)]
 pub(crate) struct Flavor {
@@ -63,10 +54,12 @@ pub(crate) struct Flavor {
     /// Whether the server drops an object whose key equals the list prefix (object_store's
     /// Azure listing does): then the listing asks for the parent "directory" and filters.
     pub(crate) list_from_parent: bool,
+    /// Whether a write without a content type must send [`DEFAULT_CONTENT_TYPE`] because
+    /// the server's default is another (S3); Azure's default is the same, and sending none
+    /// keeps its multipart uploads on the block API.
+    pub(crate) send_default_content_type: bool,
     /// Whether the server takes suffix ranges (`bytes=-N`); Azure does not.
     pub(crate) suffix_ranges: bool,
-    /// Metadata name spelling.
-    pub(crate) metadata_names: MetadataNames,
     /// The backend's low-level multipart API cannot carry content type and metadata (Azure's
     /// block API in object_store): such uploads go through object_store's upload handle,
     /// kept in this process (parts must then be sent in order).
@@ -175,27 +168,9 @@ impl ObjectStoreBlobStore {
         map_error(self.backend(), op, key, e)
     }
 
-    fn encode_metadata_name(&self, name: &str) -> String {
-        match self.flavor.metadata_names {
-            MetadataNames::Verbatim => name.to_string(),
-            MetadataNames::CSharpIdentifier => format!("m_{}", name.replace('-', "_")),
-        }
-    }
-
-    fn decode_metadata_name(&self, name: &str) -> String {
-        match self.flavor.metadata_names {
-            MetadataNames::Verbatim => name.to_string(),
-            MetadataNames::CSharpIdentifier => match name.strip_prefix("m_") {
-                Some(rest) => rest.replace('_', "-"),
-                // Written by another tool: shown as stored.
-                None => name.to_string(),
-            },
-        }
-    }
-
-    /// Content type and user metadata as object_store attributes, after validation.
+    /// Content type and user metadata as object_store attributes, after validation against
+    /// the portable rule (see [`validate::put_options`]).
     fn attributes(&self, options: &PutOptions) -> Result<Attributes> {
-        let mut attributes = Attributes::new();
         if !self.flavor.capabilities.metadata
             && (options.content_type.is_some() || !options.metadata.is_empty())
         {
@@ -204,26 +179,33 @@ impl ObjectStoreBlobStore {
                 "content type and metadata",
             ));
         }
-        if let Some(content_type) = &options.content_type {
-            if content_type.is_empty() || content_type.chars().any(|c| c.is_control()) {
-                return Err(Error::invalid(
-                    self.backend(),
-                    "content type is empty or has control characters",
-                ));
+        validate::put_options(self.backend(), options)?;
+        Ok(self.attributes_as_stored(options))
+    }
+
+    /// Content type and user metadata as object_store attributes, as they are: for copying what
+    /// the store already holds (whichever tool wrote it), which the server accepted once.
+    fn attributes_as_stored(&self, options: &PutOptions) -> Attributes {
+        let mut attributes = Attributes::new();
+        let content_type = match &options.content_type {
+            Some(ct) => Some(ct.clone()),
+            // The portable default, where the server's own default differs (S3's
+            // `binary/octet-stream`).
+            None if self.flavor.send_default_content_type && self.flavor.capabilities.metadata => {
+                Some(DEFAULT_CONTENT_TYPE.to_string())
             }
-            attributes.insert(
-                Attribute::ContentType,
-                AttributeValue::from(content_type.clone()),
-            );
+            None => None,
+        };
+        if let Some(content_type) = content_type {
+            attributes.insert(Attribute::ContentType, AttributeValue::from(content_type));
         }
         for (name, value) in &options.metadata {
-            validate_metadata(self.backend(), name, value)?;
             attributes.insert(
-                Attribute::Metadata(self.encode_metadata_name(name).into()),
+                Attribute::Metadata(name.clone().into()),
                 AttributeValue::from(value.clone()),
             );
         }
-        Ok(attributes)
+        attributes
     }
 
     fn meta(
@@ -238,7 +220,7 @@ impl ObjectStoreBlobStore {
             match attribute {
                 Attribute::ContentType => content_type = Some(value.to_string()),
                 Attribute::Metadata(name) => {
-                    metadata.insert(self.decode_metadata_name(name), value.to_string());
+                    metadata.insert(name.to_string(), value.to_string());
                 }
                 _ => {}
             }
@@ -291,6 +273,18 @@ impl ObjectStoreBlobStore {
         payload: Bytes,
         options: PutOptions,
     ) -> Result<PutResult> {
+        self.put_with(key, payload, options, true).await
+    }
+
+    /// A put; `check_attributes: false` writes content type and metadata as they are (a copy
+    /// of an object the store holds).
+    async fn put_with(
+        &self,
+        key: &str,
+        payload: Bytes,
+        options: PutOptions,
+        check_attributes: bool,
+    ) -> Result<PutResult> {
         let span = self.span("put", key);
         async {
             let path = self.path(key)?;
@@ -300,7 +294,10 @@ impl ObjectStoreBlobStore {
                 payload.len(),
                 self.flavor.capabilities.max_put_size,
             )?;
-            let attributes = self.attributes(&options)?;
+            let attributes = match check_attributes {
+                true => self.attributes(&options)?,
+                false => self.attributes_as_stored(&options),
+            };
             let mode = match &options.mode {
                 PutMode::Overwrite => object_store::PutMode::Overwrite,
                 PutMode::Create | PutMode::UpdateIfMatch(_)
@@ -513,9 +510,17 @@ impl ObjectStoreBlobStore {
             };
             // Entries strictly after this key are wanted: the later of start_after and the
             // page token (the last entry of the previous page).
-            let after = match (&options.start_after, &options.page_token) {
+            // With a delimiter, a start_after under a "directory" must not hide that
+            // directory (it is listed if a later key is in it), so the server starts at the
+            // page token only and the filter below decides.
+            let start_after = options.start_after.as_ref().filter(|s| {
+                !(options.delimiter
+                    && s.strip_prefix(options.prefix.as_str())
+                        .is_none_or(|rest| rest.contains('/')))
+            });
+            let after = match (start_after, &options.page_token) {
                 (Some(a), Some(b)) => Some(a.max(b).clone()),
-                (a, b) => a.clone().or_else(|| b.clone()),
+                (a, b) => a.cloned().or_else(|| b.clone()),
             };
             let server_prefix = if self.flavor.list_from_parent {
                 // Up to and including the last `/`: no `/` is cut off, so delimiter grouping
@@ -562,12 +567,28 @@ impl ObjectStoreBlobStore {
                 }
                 batch.sort_by(|a, b| a.0.cmp(&b.0));
                 for (key, meta) in batch {
-                    if after
-                        .as_ref()
-                        .is_some_and(|after| key.as_str() <= after.as_str())
-                        || !key.starts_with(options.prefix.as_str())
+                    if !key.starts_with(options.prefix.as_str())
+                        || options
+                            .page_token
+                            .as_ref()
+                            .is_some_and(|t| key.as_str() <= t.as_str())
                     {
                         continue;
+                    }
+                    if let Some(start_after) = &options.start_after {
+                        // start_after selects keys, which are then grouped: a common prefix
+                        // that sorts before start_after is listed if a key under it is after.
+                        let wanted = match meta {
+                            Some(_) => key.as_str() > start_after.as_str(),
+                            None if key.as_str() > start_after.as_str() => true,
+                            None if start_after.starts_with(key.as_str()) => {
+                                self.has_key_after(&key, start_after).await?
+                            }
+                            None => false,
+                        };
+                        if !wanted {
+                            continue;
+                        }
                     }
                     if entries == limit {
                         more = true;
@@ -601,6 +622,18 @@ impl ObjectStoreBlobStore {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether some key under `prefix` is strictly after `start_after`.
+    async fn has_key_after(&self, prefix: &str, start_after: &str) -> Result<bool> {
+        let options = ListOptions {
+            prefix: prefix.to_string(),
+            start_after: Some(start_after.to_string()),
+            max_results: Some(1),
+            ..ListOptions::default()
+        };
+        let page = Box::pin(self.list_page(options)).await?;
+        Ok(!page.objects.is_empty())
     }
 
     /// Heads the listed objects that came without an ETag; one deleted in between is left
@@ -652,7 +685,8 @@ impl ObjectStoreBlobStore {
                     content_type: source.meta.content_type,
                     metadata: source.meta.metadata,
                 };
-                return self.put(to, source.data, put).await;
+                // What the store holds is copied as it is, whichever tool wrote it.
+                return self.put_with(to, source.data, put, false).await;
             }
             self.store
                 .copy(&from_path, &to_path)
@@ -1030,32 +1064,6 @@ macro_rules! delegate_blob_store {
 }
 pub(crate) use delegate_blob_store;
 
-/// User metadata names: 1 to 128 of `[a-z0-9-]`; values: printable ASCII without control
-/// characters (what an HTTP header carries unchanged on every backend).
-fn validate_metadata(backend: &'static str, name: &str, value: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 128
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(Error::invalid(
-            backend,
-            format!(
-                "metadata name `{}` must be 1 to 128 of lower-case letters, digits and `-`",
-                name.escape_debug()
-            ),
-        ));
-    }
-    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(Error::invalid(
-            backend,
-            format!("metadata value of `{name}` must be printable ASCII"),
-        ));
-    }
-    Ok(())
-}
-
 /// The read's preconditions, checked against the ETag that was actually read.
 fn check_get_preconditions(
     backend: &'static str,
@@ -1257,15 +1265,6 @@ mod tests {
         assert!(etag_eq("abc", "\"abc\""));
         assert!(etag_eq("*", "\"x\""));
         assert!(!etag_eq("\"abc\"", "\"abd\""));
-    }
-
-    #[test]
-    fn metadata_rules() {
-        assert!(validate_metadata("t", "vehicle-id", "VIN 1").is_ok());
-        for bad in ["", "Upper", "a_b", "a b", "ä"] {
-            assert!(validate_metadata("t", bad, "v").is_err(), "{bad}");
-        }
-        assert!(validate_metadata("t", "a", "line\nbreak").is_err());
     }
 
     #[test]

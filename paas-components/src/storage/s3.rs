@@ -24,8 +24,8 @@
 //! does not return them). See the shared adapter for how the semantics are mapped.
 
 use super::object_store_adapter::{
-    Flavor, MetadataNames, ObjectStoreBlobStore, client_options, delegate_blob_store,
-    is_loopback_http, parse_bool, retry_config,
+    Flavor, ObjectStoreBlobStore, client_options, delegate_blob_store, is_loopback_http,
+    parse_bool, retry_config,
 };
 use cloud_abstraction::storage::StorageCapabilities;
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
@@ -170,8 +170,8 @@ impl S3BlobStore {
             list_from_parent: false,
             // Suffix reads go through head + bounded read: s3s-fs fails `bytes=-N` with N
             // larger than the object (500), and the extra round trip is cheap for a rare read.
+            send_default_content_type: true,
             suffix_ranges: false,
-            metadata_names: MetadataNames::Verbatim,
             attributes_need_upload_handle: false,
         };
         Ok(Self {
