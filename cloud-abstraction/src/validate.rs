@@ -53,8 +53,14 @@ pub const MAX_NAME_LEN: usize = 63;
 /// 128 levels), so every backend refuses them alike at write time. One level of those 31 is
 /// kept for wrappers that store a document inside another (the replication envelope of
 /// `paas_components::multicloud`), so that a store built over other stores accepts exactly
-/// what a plain one does.
+/// what a plain one does: see [`WRAPPER_MARKER`].
 pub const MAX_DOCUMENT_DEPTH: usize = 30;
+
+/// The top-level key that marks a document as a wrapper around a caller's document (the
+/// replication envelope). Such a document may nest one level more than
+/// [`MAX_DOCUMENT_DEPTH`]: the document inside was checked against the limit itself by the
+/// store that wrapped it, and the extra level is the one MariaDB still holds.
+pub const WRAPPER_MARKER: &str = "_wrapped";
 
 /// Checks an object key: 1 to [`MAX_KEY_LEN`] bytes, `/`-separated segments, none empty,
 /// `.` or `..`, no leading `/`, no control characters and no backslash.
@@ -513,6 +519,11 @@ mod tests {
 /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) otherwise.
 pub fn document_depth(backend: &'static str, value: &serde_json::Value) -> Result<()> {
     use serde_json::Value;
+    let limit = if value.get(WRAPPER_MARKER).is_some() {
+        MAX_DOCUMENT_DEPTH + 1
+    } else {
+        MAX_DOCUMENT_DEPTH
+    };
     // Iterative, so that a value built in code, however deep, cannot overflow the stack.
     let mut stack: Vec<(&Value, usize)> = vec![(value, 1)];
     while let Some((v, depth)) = stack.pop() {
@@ -521,10 +532,10 @@ pub fn document_depth(backend: &'static str, value: &serde_json::Value) -> Resul
             Value::Object(o) => Box::new(o.values()),
             _ => continue,
         };
-        if depth > MAX_DOCUMENT_DEPTH {
+        if depth > limit {
             return Err(crate::Error::invalid(
                 backend,
-                format!("the document nests more than {MAX_DOCUMENT_DEPTH} arrays and objects"),
+                format!("the document nests more than {limit} arrays and objects"),
             ));
         }
         stack.extend(children.map(|c| (c, depth + 1)));

@@ -34,6 +34,10 @@ const MAX_ATTEMPTS: usize = 8;
 /// that carries the replication version, the portable revision and the tombstone flag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Envelope {
+    /// Marks the document as a wrapper ([`validate::WRAPPER_MARKER`]), so that members accept
+    /// the one extra level of nesting the envelope adds.
+    #[serde(rename = "_wrapped", default = "wrapper_marker")]
+    pub(crate) wrapped: u8,
     /// The document id again, so that repair can page by it with a range filter.
     pub(crate) k: String,
     /// The replication version.
@@ -50,6 +54,10 @@ pub(crate) struct Envelope {
     /// The user's document (null in a tombstone).
     #[serde(default)]
     pub(crate) v: Value,
+}
+
+fn wrapper_marker() -> u8 {
+    1
 }
 
 impl Envelope {
@@ -463,6 +471,7 @@ impl ReplicatedDocumentStore {
         Planned {
             collection: collection.to_string(),
             envelope: Envelope {
+                wrapped: 1,
                 k: id.to_string(),
                 rv,
                 p: None,
@@ -887,6 +896,7 @@ impl DocumentStore for ReplicatedDocumentStore {
             view.insert(
                 key.clone(),
                 Some(Envelope {
+                    wrapped: 1,
                     k: key.1.clone(),
                     rv: Version {
                         timestamp: 0,

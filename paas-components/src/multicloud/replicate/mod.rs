@@ -7,8 +7,11 @@
 //! # Storage layout
 //!
 //! Each document is stored in each member, in the same collection and under the same id,
-//! inside an envelope: `{"k": id, "rv": {"t": timestamp, "o": origin}, "n": revision, "del":
-//! tombstone, "v": document}`. `rv` is the **replication version** ([`version`]), independent
+//! inside an envelope: `{"_wrapped": 1, "k": id, "rv": {"t": timestamp, "o": origin}, "p":
+//! parent version, "n": revision, "del": tombstone, "v": document}`. The marker lets members
+//! hold the one level of nesting the envelope adds
+//! ([`WRAPPER_MARKER`](cloud_abstraction::validate::WRAPPER_MARKER)), so the replicated store
+//! accepts every document a plain store does. `rv` is the **replication version** ([`version`]), independent
 //! of the members' own revisions (which differ per backend); `n` is the portable revision the
 //! store reports (1 for a new document, +1 per write, as the conformance kit requires).
 //! Queries are translated (`a.b` becomes `v.a.b`, plus `del = false`), so they run on the
