@@ -321,7 +321,12 @@ fn classify(text: &str) -> Class {
             let rest = text.strip_prefix("sqlite:").unwrap_or("");
             let rest = rest.strip_prefix("//").unwrap_or(rest);
             let file = rest.split('?').next().unwrap_or("");
-            if (file == ":memory:" || inside_sandbox(file)) && !file.contains('%') {
+            // sqlx does not cut a `#fragment` off: `sqlite::memory:#x` is a file named
+            // `:memory:#x` in the working directory, so a `#` is never opened here.
+            if (file == ":memory:" || inside_sandbox(file))
+                && !file.contains('%')
+                && !text.contains('#')
+            {
                 Class::Complete
             } else {
                 Class::ParseOnly
