@@ -4,6 +4,9 @@
 //! |---|---|---|---|
 //! | in-process | [`MemoryDocumentStore`] | `memory` | `mem://` |
 //! | SQLite (sqlx) | [`SqliteDocumentStore`] | `sqlite` | `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite::memory:` |
+//! | PostgreSQL (sqlx, JSONB) | `PostgresDocumentStore` | `postgres` | `postgres://user@host/db`, `postgresql://…` |
+//! | MariaDB / MySQL (sqlx, JSON) | `MysqlDocumentStore` | `mysql` | `mysql://user@host/db`, `mariadb://…` |
+//! | Redis (Lua scripts; queries evaluated in the client) | `RedisDocumentStore` | `redis` | `redis://host:6379/0` |
 //!
 //! Every backend passes the conformance kit `cloud_abstraction::testkit::database` (suite and
 //! model test). Shared rules, so that backends answer alike:
