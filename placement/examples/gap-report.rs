@@ -1,7 +1,7 @@
 //! Prints the GAP and synthetic gap tables (markdown) used in
 //! `benches/README.md`.
 //!
-//! `cargo run --release -p cloud-placement --example gap-report -- [--gap-only] [--time-limit SECS]`
+//! `cargo run --release -p cloud-placement --features bench-support --example gap-report -- [--gap-only] [--time-limit SECS]`
 
 use std::time::{Duration, Instant};
 

@@ -50,9 +50,9 @@
 //! and swap moves with adaptive capacity penalties (or penalised sweeps on
 //! very large models) improves it until the iteration or time budget ends.
 //!
-//! Benchmark and report scaffolding (the OR-Library GAP reader [`gap`], the
-//! synthetic model generator [`synthetic`], the Karmada-like greedy baseline
-//! [`greedy`], text / SVG rendering and GAP run helpers in [`report`]) is not
+//! Benchmark and report scaffolding (the OR-Library GAP reader `gap`, the
+//! synthetic model generator `synthetic`, the Karmada-like greedy baseline
+//! `greedy`, text / SVG rendering and GAP run helpers in `report`) is not
 //! part of the solver API: it is compiled only with the non-default cargo
 //! feature `bench-support`, which the workspace's `examples` and `benches`
 //! crates enable.
