@@ -2,7 +2,7 @@
 //! baseline in the same run.
 //!
 //! 1. OR-Library GAP instances gapa-gapd (minimisation), 1 s per instance;
-//!    data from `$GAP_DATA_DIR` or `../../shared/data/gap` relative to this crate.
+//!    data from `$GAP_DATA_DIR`, else the repository's `placement/data/gap`.
 //! 2. Synthetic instances (seeded generator of `cloud-placement`):
 //!    1,000 / 10,000 / 100,000 units x 10 / 100 regions, 2 dimensions, spread
 //!    over 2 providers, 85% of the capacity used. Time limits 1 s / 2 s / 20 s.
@@ -12,7 +12,6 @@
 //! for both the solver and the baseline. Set `PLACEMENT_BENCH_QUICK=1` to skip
 //! the 100,000-unit instances.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cloud_placement::gap::parse_gap;
@@ -23,7 +22,7 @@ use cloud_placement::{SolveOptions, solve};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn gap(c: &mut Criterion) {
-    let Some(dir) = locate_gap_dir(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+    let Some(dir) = locate_gap_dir() else {
         eprintln!("placement/gap: GAP data not found (set GAP_DATA_DIR); skipped");
         return;
     };

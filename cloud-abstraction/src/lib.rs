@@ -34,8 +34,10 @@
 //! Each trait has a request enum and a response enum. Any backend is a
 //! [`tower_service::Service`] (e.g. [`storage::service::BlobStoreService`]), and any such
 //! service, with any layers around it, is a backend again
-//! ([`storage::service::ServiceBlobStore`]). So timeouts, retries, rate limits and the
-//! project's own layers apply to every trait alike.
+//! ([`storage::service::ServiceBlobStore`]). So tower's generic middleware (timeouts,
+//! concurrency limits, load shedding) and the layers of `paas-components` (metrics, retry,
+//! timeout, fault injection) apply to every trait alike. Circuit-breaker and rate-limit layers
+//! of this project are planned, not built.
 //!
 //! # Features
 //!

@@ -1,9 +1,8 @@
 //! Prints the GAP and synthetic gap tables (markdown) used in
 //! `benches/README.md`.
 //!
-//! `cargo run --release -p cloud-placement --example gap-report -- [--gap-only] [--time-limit SECS]`
+//! `cargo run --release -p cloud-placement --features bench-support --example gap-report -- [--gap-only] [--time-limit SECS]`
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cloud_placement::gap::parse_gap;
@@ -42,7 +41,7 @@ fn main() {
 }
 
 fn gap_table(tl: f64, scans: Option<u64>, types: &str) {
-    let Some(dir) = locate_gap_dir(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+    let Some(dir) = locate_gap_dir() else {
         eprintln!("GAP data not found (set GAP_DATA_DIR)");
         return;
     };

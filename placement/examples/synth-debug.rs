@@ -1,6 +1,6 @@
 //! Solves one synthetic instance and prints its figures (development aid).
 //!
-//! `cargo run --release -p cloud-placement --example synth-debug -- UNITS REGIONS SECONDS`
+//! `cargo run --release -p cloud-placement --features bench-support --example synth-debug -- UNITS REGIONS SECONDS`
 use std::time::{Duration, Instant};
 
 use cloud_placement::synthetic::{SyntheticSpec, generate};

@@ -49,7 +49,13 @@
 //! heuristic guided by those prices builds a start; a tabu search over shift
 //! and swap moves with adaptive capacity penalties (or penalised sweeps on
 //! very large models) improves it until the iteration or time budget ends.
-//! A Karmada-like [`greedy::greedy_baseline`] is provided for comparison.
+//!
+//! Benchmark and report scaffolding (the OR-Library GAP reader `gap`, the
+//! synthetic model generator `synthetic`, the Karmada-like greedy baseline
+//! `greedy`, text / SVG rendering and GAP run helpers in `report`) is not
+//! part of the solver API: it is compiled only with the non-default cargo
+//! feature `bench-support`, which the workspace's `examples` and `benches`
+//! crates enable.
 
 #![deny(missing_docs)]
 // Dense numeric code indexes several parallel arrays with one index.
@@ -58,11 +64,16 @@
 pub mod checker;
 pub mod error;
 pub mod explain;
+#[cfg(feature = "bench-support")]
 pub mod gap;
+#[cfg(feature = "bench-support")]
 pub mod greedy;
 pub mod model;
+#[cfg(feature = "bench-support")]
 pub mod report;
 pub mod solver;
+// Also compiled for the crate's own unit tests, which build models with it.
+#[cfg(any(test, feature = "bench-support"))]
 pub mod synthetic;
 pub mod validate;
 

@@ -299,26 +299,28 @@ pub fn solve_gap_file(
         .collect()
 }
 
-/// Finds the folder of the OR-Library GAP files: `$GAP_DATA_DIR` if set,
-/// else `<manifest_dir>/../../shared/data/gap`, else
-/// `<manifest_dir>/../shared/data/gap`.
-pub fn locate_gap_dir(manifest_dir: &Path) -> Option<PathBuf> {
+/// The in-repository copy of the OR-Library GAP files (`placement/data/gap`,
+/// types A-D; source and optima in its `README.md`).
+pub fn bundled_gap_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("gap")
+}
+
+/// Finds the folder of the OR-Library GAP files: `$GAP_DATA_DIR` if it is set
+/// and a directory, else [`bundled_gap_dir`] (if present, as in a checkout).
+pub fn locate_gap_dir() -> Option<PathBuf> {
     if let Ok(d) = std::env::var("GAP_DATA_DIR") {
         let p = PathBuf::from(d);
         if p.is_dir() {
             return Some(p);
         }
     }
-    [
-        manifest_dir.join("../../shared/data/gap"),
-        manifest_dir.join("../shared/data/gap"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
+    Some(bundled_gap_dir()).filter(|p| p.is_dir())
 }
 
 /// Best known (minimisation) values of the OR-Library instances gapa-1 ..
-/// gapd-6, from `shared/data/gap/README.md`.
+/// gapd-6, from `placement/data/gap/README.md`.
 pub fn gap_optimum(name: &str) -> Option<f64> {
     const T: [(&str, f64); 24] = [
         ("gapa-1", 1698.0),

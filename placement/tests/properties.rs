@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use cloud_placement::checker::{CheckOptions, check, check_with};
+#[cfg(feature = "bench-support")]
 use cloud_placement::gap::GapInstance;
 use cloud_placement::model::*;
 use cloud_placement::{PlacementError, ResolveOptions, SolveOptions, resolve, solve};
@@ -203,6 +204,8 @@ proptest! {
         }
     }
 
+    // GAP instances come from the `bench-support` scaffolding.
+    #[cfg(feature = "bench-support")]
     #[test]
     fn small_gap_bound_and_cost_bracket_the_optimum(seed in any::<u64>(), m in 2usize..4, n in 2usize..7) {
         let mut g = Lcg(seed);

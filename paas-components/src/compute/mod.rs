@@ -5,7 +5,7 @@
 //! | [`ProcessCompute`] (`"process"`) | `process` | each replica is a local child process | commands only, no images, no resource limits |
 //! | [`SimCompute`] (`"sim"`) | `sim` | **nothing**: a simulation | for planning and demos; `capabilities().simulated` is true |
 //!
-//! A container backend (Docker) may be added later beside these.
+//! A container backend (Docker) is planned, not built.
 //!
 //! Both embedded backends share one desired-state engine (private to this module): a map of
 //! workloads, each with its spec in force, its generation, a bounded log ring with global

@@ -4,9 +4,9 @@
 //! |---|---|---|---|
 //! | in-process | [`MemoryDocumentStore`] | `memory` | `mem://` |
 //! | SQLite (sqlx) | [`SqliteDocumentStore`] | `sqlite` | `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite::memory:` |
-//! | PostgreSQL (sqlx) | [`PostgresDocumentStore`] | `postgres` | `postgres://…`, `postgresql://…` |
-//! | MariaDB / MySQL (sqlx) | [`MysqlDocumentStore`] | `mysql` | `mysql://…`, `mariadb://…` |
-//! | Redis | [`RedisDocumentStore`] | `redis` | `redis://…` |
+//! | PostgreSQL (sqlx, JSONB) | [`PostgresDocumentStore`] | `postgres` | `postgres://user@host/db`, `postgresql://…` |
+//! | MariaDB / MySQL (sqlx, JSON) | [`MysqlDocumentStore`] | `mysql` | `mysql://user@host/db`, `mariadb://…` |
+//! | Redis (Lua scripts; queries evaluated in the client) | [`RedisDocumentStore`] | `redis` | `redis://host:6379/0`, `rediss://…` |
 //!
 //! The three SQL stores are one generic store over a per-database dialect ([`sql`]).
 //!

@@ -5,6 +5,9 @@
 //! | in-memory | `memory` | [`MemoryQueue`] | no | every capability except durability; for tests and single-process services |
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
 //!
+//! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
+//! today `open_queue` knows `mem://` and `sqlite://` only.
+//!
 //! Both embedded queues implement the whole model of [`cloud_abstraction::queue`]: consumer
 //! groups that see messages published after their creation, leases with an ack deadline,
 //! nack with a delay, dead-lettering after `max_attempts`, de-duplication by message id within

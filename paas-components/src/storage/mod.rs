@@ -5,7 +5,10 @@
 //! |---|---|---|---|
 //! | `memory` | [`MemoryBlobStore`] | `memory` | in-process, for tests and single-process tools |
 //! | `local` | [`LocalBlobStore`] | `file` | a directory tree; atomic writes by rename |
+//! | `s3` | `S3BlobStore` | `s3` | S3 and compatible servers (`s3://bucket?…`), through object_store; presigned URLs |
+//! | `azure` | `AzureBlobStore` | `azure` | Azure Blob and Azurite (`azure://container?…`), through object_store |
 //!
+//! The S3 and Azure stores share one mapping from object_store (`object_store_adapter`).
 //! Every backend passes the conformance kit in `cloud_abstraction::testkit::storage`.
 
 #[cfg(feature = "memory")]

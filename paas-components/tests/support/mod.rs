@@ -33,7 +33,7 @@ pub async fn server_url(var: &str, default: &str, probe_addr: &str) -> Option<St
     }
     eprintln!(
         "\n!!!!!!!! SKIPPED: no server at {probe_addr} for {var}; this suite did NOT run. \
-         Start it (see ../shared/SERVICES.md) or set CI=1 to make this a failure. !!!!!!!!\n"
+         Start it (bash .ci/services.sh) or set CI=1 to make this a failure. !!!!!!!!\n"
     );
     None
 }

@@ -26,6 +26,8 @@ impl Rng {
     }
 
     /// Uniform float in `[0, 1)`.
+    // Used by the `bench-support` synthetic generator only.
+    #[cfg_attr(not(feature = "bench-support"), allow(dead_code))]
     pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
