@@ -35,9 +35,10 @@
 //! [`tower_service::Service`] (e.g. [`storage::service::BlobStoreService`]), and any such
 //! service, with any layers around it, is a backend again
 //! ([`storage::service::ServiceBlobStore`]). So tower's generic middleware (timeouts,
-//! concurrency limits, load shedding) and the layers of `paas-components` (metrics, retry,
-//! timeout, fault injection) apply to every trait alike. Circuit-breaker and rate-limit layers
-//! of this project are planned, not built.
+//! concurrency limits, load shedding) and the layers of `paas-components` (metrics, retry with
+//! a budget, timeout, circuit breaker, rate and concurrency limits, fault injection) apply to
+//! every trait alike. Errors carry a [status](ErrorStatus) beside their kind, so that layers
+//! compose: a retry that gave up marks its error persistent, and an outer retry leaves it be.
 //!
 //! # Features
 //!

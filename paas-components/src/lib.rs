@@ -34,9 +34,11 @@
 //!   cargo feature;
 //! - [`registry`]: `open_*` by URL (location parameters included), registration of your own
 //!   schemes, and [`Registry`] values beside the process-wide registry;
-//! - [`layers`]: tower middleware (metrics, retry, timeout, fault injection) for all traits;
+//! - [`layers`]: tower middleware for all traits (metrics, retry with a budget, timeout, circuit
+//!   breaker, rate and concurrency limits, fault injection);
 //! - [`migrate`]: copy a prefix or a collection between any two backends of a trait;
-//! - [`multicloud`]: combinators over backends in several clouds (failover today).
+//! - [`multicloud`]: combinators over backends in several clouds: failover for every trait,
+//!   active-active replicated documents.
 //!
 //! # Features
 //!
