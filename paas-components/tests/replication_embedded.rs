@@ -3,6 +3,8 @@
 //! replay, no resurrection, conflicts reported, repair, recovery after a crash).
 #![cfg(all(feature = "memory", feature = "sqlite"))]
 
+mod support;
+
 use cloud_abstraction::database::{DocumentStore, PutDocumentOptions, Query, WriteCondition};
 use cloud_abstraction::testkit::database;
 use cloud_abstraction::{ErrorKind, Location};
@@ -13,6 +15,7 @@ use paas_components::multicloud::replicate::{RepairCursor, ReplicationBuilder};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::jepsen::dump;
 
 fn breaker() -> CircuitBreakerConfig {
     CircuitBreakerConfig {
@@ -71,30 +74,6 @@ async fn pair_as(
 /// A member's raw envelope of `(collection, id)`, without the member's own revision.
 async fn raw(member: &Arc<dyn DocumentStore>, collection: &str, id: &str) -> Option<Value> {
     member.get(collection, id).await.unwrap().map(|d| d.value)
-}
-
-/// Every document of `collection` on a member, as (id, envelope), in id order.
-async fn dump(member: &Arc<dyn DocumentStore>, collection: &str) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = member
-            .query(
-                collection,
-                Query {
-                    cursor,
-                    limit: Some(500),
-                    ..Query::all()
-                },
-            )
-            .await
-            .unwrap();
-        out.extend(page.documents.into_iter().map(|d| (d.id, d.value)));
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return out,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,35 @@ pub enum WriteCondition {
     Revision(Revision),
 }
 
+impl WriteCondition {
+    /// Checks the condition against a document's current revision (`None`: absent), with the
+    /// portable kinds: `AlreadyExists` for a create of a present document,
+    /// `PreconditionFailed` for a revision that does not match (or a missing document).
+    /// For stores that decide conditions themselves rather than in their database.
+    pub fn check(self, backend: &'static str, current: Option<Revision>) -> crate::Result<()> {
+        use crate::{Error, ErrorKind};
+        match (self, current) {
+            (WriteCondition::Any, _) | (WriteCondition::Absent, None) => Ok(()),
+            (WriteCondition::Absent, Some(_)) => Err(Error::new(
+                ErrorKind::AlreadyExists,
+                backend,
+                "the document already exists",
+            )),
+            (WriteCondition::Revision(want), Some(have)) if want == have => Ok(()),
+            (WriteCondition::Revision(want), Some(have)) => Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                backend,
+                format!("the document is at revision {have}, not {want}"),
+            )),
+            (WriteCondition::Revision(want), None) => Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                backend,
+                format!("the document does not exist (expected revision {want})"),
+            )),
+        }
+    }
+}
+
 /// Options of a document put.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PutDocumentOptions {

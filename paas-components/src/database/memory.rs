@@ -7,7 +7,7 @@ use cloud_abstraction::database::{
     DatabaseCapabilities, Document, DocumentStore, PutDocumentOptions, Query, QueryPage, Revision,
     WriteCondition, WriteOp, WriteOutcome, matches_filters, page_limit,
 };
-use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
+use cloud_abstraction::{BackendInfo, Error, Location, Result, validate};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -116,29 +116,6 @@ fn live<'a>(
         .filter(|e| e.live(now))
 }
 
-/// Checks `condition` against the current revision (`None`: absent).
-fn check_condition(current: Option<Revision>, condition: WriteCondition) -> Result<()> {
-    match (condition, current) {
-        (WriteCondition::Any, _) | (WriteCondition::Absent, None) => Ok(()),
-        (WriteCondition::Absent, Some(_)) => Err(Error::new(
-            ErrorKind::AlreadyExists,
-            BACKEND,
-            "the document already exists",
-        )),
-        (WriteCondition::Revision(want), Some(have)) if want == have => Ok(()),
-        (WriteCondition::Revision(want), Some(have)) => Err(Error::new(
-            ErrorKind::PreconditionFailed,
-            BACKEND,
-            format!("the document is at revision {have}, not {want}"),
-        )),
-        (WriteCondition::Revision(want), None) => Err(Error::new(
-            ErrorKind::PreconditionFailed,
-            BACKEND,
-            format!("the document does not exist (expected revision {want})"),
-        )),
-    }
-}
-
 /// Applies one validated op to `data`, or fails without changing anything.
 fn apply(data: &mut Collections, op: WriteOp, now: SystemTime) -> Result<WriteOutcome> {
     match op {
@@ -149,7 +126,7 @@ fn apply(data: &mut Collections, op: WriteOp, now: SystemTime) -> Result<WriteOu
             options,
         } => {
             let current = live(data, &collection, &id, now).map(|e| e.revision);
-            check_condition(current, options.condition)?;
+            options.condition.check(BACKEND, current)?;
             let revision = Revision(current.map_or(1, |r| r.0.saturating_add(1)));
             let entry = Entry {
                 value,
@@ -165,7 +142,7 @@ fn apply(data: &mut Collections, op: WriteOp, now: SystemTime) -> Result<WriteOu
             condition,
         } => {
             let current = live(data, &collection, &id, now).map(|e| e.revision);
-            check_condition(current, condition)?;
+            condition.check(BACKEND, current)?;
             if let Some(c) = data.get_mut(&collection) {
                 c.remove(&id);
                 if c.is_empty() {

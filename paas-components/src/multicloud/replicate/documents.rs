@@ -296,27 +296,10 @@ pub(crate) async fn apply_if_newer(
     ))
 }
 
+/// Checks `condition` against the deciding member's envelope (a tombstone is absent).
 fn check_condition(base: Option<&Envelope>, condition: WriteCondition) -> Result<()> {
     let current = base.filter(|e| e.live()).map(|e| Revision(e.n));
-    match (condition, current) {
-        (WriteCondition::Any, _) | (WriteCondition::Absent, None) => Ok(()),
-        (WriteCondition::Absent, Some(_)) => Err(Error::new(
-            ErrorKind::AlreadyExists,
-            BACKEND,
-            "the document already exists",
-        )),
-        (WriteCondition::Revision(want), Some(have)) if want == have => Ok(()),
-        (WriteCondition::Revision(want), Some(have)) => Err(Error::new(
-            ErrorKind::PreconditionFailed,
-            BACKEND,
-            format!("the document is at revision {have}, not {want}"),
-        )),
-        (WriteCondition::Revision(want), None) => Err(Error::new(
-            ErrorKind::PreconditionFailed,
-            BACKEND,
-            format!("the document does not exist (expected revision {want})"),
-        )),
-    }
+    condition.check(BACKEND, current)
 }
 
 /// One key's planned change within a write.
