@@ -63,8 +63,8 @@
 //!
 //! | backend | turn on / verify | CA file | details |
 //! |---|---|---|---|
-//! | PostgreSQL | `sslmode=disable\|prefer\|require\|verify-ca\|verify-full` (default `prefer`) | `sslrootcert=FILE` | [`database::postgres`] |
-//! | MariaDB / MySQL | `ssl-mode=DISABLED\|PREFERRED\|REQUIRED\|VERIFY_CA\|VERIFY_IDENTITY` (default `PREFERRED`) | `ssl-ca=FILE` | [`database::mysql`] |
+//! | PostgreSQL | `sslmode=disable\|prefer\|require\|verify-ca\|verify-full` (default `prefer`) | `sslrootcert=FILE` | [`database::sql::postgres`] |
+//! | MariaDB / MySQL | `ssl-mode=DISABLED\|PREFERRED\|REQUIRED\|VERIFY_CA\|VERIFY_IDENTITY` (default `PREFERRED`) | `ssl-ca=FILE` | [`database::sql::mysql`] |
 //! | Redis | `rediss://` (always verifies; `insecure=true` to not) | `ca_file=FILE` | [`database::RedisDocumentStore`] |
 //!
 //! The SQL backends accept either spelling of mode and CA file (`sslmode=verify-full` works

@@ -503,13 +503,17 @@ fn key() -> impl Strategy<Value = String> {
 
 fn metadata() -> impl Strategy<Value = BTreeMap<String, String>> {
     let name = prop_oneof![
-        4 => "[a-z0-9-]{1,8}",
+        // Mostly names of the portable rule (`[a-z_][a-z0-9_]*`), so that many puts are
+        // accepted and read back; the rest near or far from it.
+        6 => "[a-z_][a-z0-9_]{0,7}",
+        2 => "[a-zA-Z0-9_-]{1,8}",
         1 => "[ -~]{0,8}",
         1 => any::<String>(),
         1 => Just("x".repeat(300)),
     ];
     let value = prop_oneof![
-        4 => "[ -~]{0,12}",
+        4 => "[!-~]([ -~]{0,10}[!-~])?",
+        1 => "[ -~]{0,12}",
         1 => any::<String>(),
         1 => Just("v".repeat(3000)),
     ];
@@ -571,7 +575,11 @@ fn check_put(
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(&meta.metadata, &metadata);
-                prop_assert_eq!(&meta.content_type, &content_type);
+                // A put without a content type reads back with the portable default.
+                let expected = content_type
+                    .clone()
+                    .or_else(|| Some(cloud_abstraction::storage::DEFAULT_CONTENT_TYPE.to_string()));
+                prop_assert_eq!(&meta.content_type, &expected);
                 store
                     .delete(&key)
                     .await

@@ -101,7 +101,7 @@ async fn the_retry_budget_bounds_retries_during_an_outage() {
     }
     let attempts = faults.injected();
     // 100 requests; retries are at most 20% of them (plus rounding), not 10 per request.
-    assert!(attempts >= 100 && attempts <= 125, "{attempts} attempts");
+    assert!((100..=125).contains(&attempts), "{attempts} attempts");
 }
 
 #[tokio::test]

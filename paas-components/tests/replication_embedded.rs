@@ -301,12 +301,12 @@ async fn two_creates_during_a_split_are_a_reported_conflict() {
     left.store.repair_all("cmds").await.unwrap();
     // One write won everywhere; the other was reported, not dropped silently.
     assert_eq!(dump(&a, "cmds").await, dump(&b, "cmds").await);
-    let conflicts = conflicts.lock().unwrap();
+    let winner = raw(&a, "cmds", "c1").await.unwrap();
+    let conflicts = conflicts.lock().unwrap().clone();
     assert!(
         !conflicts.is_empty(),
         "the split-brain create was not reported"
     );
-    let winner = raw(&a, "cmds", "c1").await.unwrap();
     assert!(conflicts.iter().all(|c| c.id == "c1"));
     assert_eq!(winner["rv"]["t"], json!(conflicts[0].winner.timestamp));
 }
@@ -474,4 +474,29 @@ async fn the_hints_collection_is_reserved() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[tokio::test]
+async fn replay_pages_through_a_large_backlog() {
+    let p = pair(false).await;
+    p.fb.set_down(true);
+    for i in 0..700 {
+        p.store
+            .put(
+                "cars",
+                &format!("v{i:04}"),
+                json!({"i": i}),
+                PutDocumentOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    p.fb.set_down(false);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut copied = 0;
+    while p.store.is_behind(1) {
+        copied += p.store.replay_hints().await.copied;
+    }
+    assert_eq!(copied, 700);
+    assert_eq!(dump(&p.a, "cars").await, dump(&p.b, "cars").await);
 }

@@ -302,6 +302,13 @@ fn check_condition(base: Option<&Envelope>, condition: WriteCondition) -> Result
     condition.check(BACKEND, current)
 }
 
+/// What a write does to one key: a new value (with its TTL) or a delete.
+struct Change {
+    delete: bool,
+    value: Value,
+    ttl: Option<Duration>,
+}
+
 /// One key's planned change within a write.
 struct Planned {
     collection: String,
@@ -428,10 +435,9 @@ impl ReplicatedDocumentStore {
         id: &str,
         reads: Reads,
         base: Option<&Envelope>,
-        delete: bool,
-        value: Value,
-        ttl: Option<Duration>,
+        change: Change,
     ) -> Planned {
+        let Change { delete, value, ttl } = change;
         let newest = reads
             .iter()
             .filter_map(|r| r.as_ref().ok().and_then(|s| s.as_ref()))
@@ -636,15 +642,12 @@ impl ReplicatedDocumentStore {
                 // Nothing to delete where the write is decided: no tombstone needed.
                 return Ok((Revision(0), false));
             }
-            let mut planned = self.plan(
-                collection,
-                id,
-                reads,
-                base.as_ref(),
+            let change = Change {
                 delete,
-                value.clone(),
+                value: value.clone(),
                 ttl,
-            );
+            };
+            let mut planned = self.plan(collection, id, reads, base.as_ref(), change);
             planned.envelope.p = base.map(|e| e.rv);
             match self
                 .replicate(std::slice::from_ref(&planned), decider, conditional)
@@ -916,15 +919,12 @@ impl DocumentStore for ReplicatedDocumentStore {
                 .and_then(|r| r.as_ref().ok())
                 .and_then(|s| s.as_ref())
                 .map(|s| s.envelope.rv.clone());
-            let mut p = self.plan(
-                &key.0,
-                &key.1,
-                key_reads,
-                None,
-                final_env.del,
-                final_env.v,
-                ttls.get(key).copied().flatten(),
-            );
+            let change = Change {
+                delete: final_env.del,
+                value: final_env.v,
+                ttl: ttls.get(key).copied().flatten(),
+            };
+            let mut p = self.plan(&key.0, &key.1, key_reads, None, change);
             p.envelope.n = final_env.n;
             p.envelope.p = base;
             planned.push(p);

@@ -8,7 +8,7 @@
 //! of one key during an outage leave one hint, not one per write: a replay copies the key's
 //! *current* state from the holder, which covers every write before it.
 //!
-//! Replay ([`replay`]) runs per target member, in the order hints were written, and is
+//! Replay runs per target member, in the order hints were written, and is
 //! idempotent: it copies the holder's state to the target only if newer (by version), then
 //! deletes the hint conditionally on the hint's own revision, so a hint rewritten meanwhile by
 //! a new write is kept for the next pass. A member stays "behind" (serves no reads) until a

@@ -1,6 +1,6 @@
 //! Active-active replication of documents over members in several clouds.
 //!
-//! [`ReplicatedDocumentStore`] is a [`DocumentStore`](cloud_abstraction::DocumentStore) over
+//! [`ReplicatedDocumentStore`] is a [`DocumentStore`] over
 //! two (or more) member stores, e.g. PostgreSQL in one cloud and MariaDB in the other. Every
 //! write goes to every member; reads go to the first healthy member that is not behind.
 //!
@@ -106,6 +106,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Chooses the home member of `(collection, id)`.
+pub(crate) type HomeFn = Arc<dyn Fn(&str, &str) -> usize + Send + Sync>;
+
 /// Settings of a replicated store.
 #[derive(Clone)]
 pub struct ReplicationConfig {
@@ -115,7 +118,7 @@ pub struct ReplicationConfig {
     pub hints_collection: String,
     /// How often the background task replays hints even without a signal. Default 1 s.
     pub replay_interval: Duration,
-    pub(crate) home: Arc<dyn Fn(&str, &str) -> usize + Send + Sync>,
+    pub(crate) home: HomeFn,
 }
 
 impl Default for ReplicationConfig {

@@ -5,7 +5,7 @@
 //! the envelope's `k` field, with a range filter, so a pass can resume from a cursor), the
 //! same ids are read from every other member, and the newest version (tombstones included) is
 //! copied to each member that has an older one or none, only if newer and conditionally on
-//! the member's revision (see [`apply_if_newer`]). Tombstones propagate like any version, so a
+//! the member's revision. Tombstones propagate like any version, so a
 //! deleted document never comes back through repair. What it did is returned as a
 //! [`RepairReport`] with a cursor to resume from.
 
