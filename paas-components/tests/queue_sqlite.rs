@@ -281,3 +281,31 @@ async fn huge_receive_wait_is_invalid_argument() {
         "receive with a wait of Duration::MAX",
     );
 }
+
+/// `synchronous` is per connection, so every connection the pool opens must run with
+/// `FULL` (2): with `NORMAL` (1) an acknowledged publish or ack may be lost on power loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_fsyncs_each_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = SqliteQueue::connect(&url(&dir, "sync.db")).await.unwrap();
+    q.create_topic("t").await.unwrap();
+    // Hold connections at once so that the pool opens new ones up to its limit (4).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(q.pool().acquire().await.unwrap());
+    }
+    for conn in &mut held {
+        let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "PRAGMA synchronous must be FULL (2)");
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+    drop(held);
+    q.close().await;
+}

@@ -1,4 +1,23 @@
 //! The durable SQLite queue.
+//!
+//! - **Layout.** Tables prefixed `mq_` (topics, groups, messages, de-duplication ids,
+//!   deliveries), so the queue can share a file with other stores; one delivery row per
+//!   message and group that still has it pending.
+//! - **Durability.** A file queue runs in WAL mode with `synchronous = FULL` on every
+//!   connection of its pool: each commit is fsynced before the call returns. So once
+//!   `publish` / `publish_batch`, `ack`, `nack`, `extend_deadline`, a receive's lease and the
+//!   topic / group calls return `Ok`, their effect survives a power cut or an OS crash, not
+//!   only a crash of the process. (With `NORMAL`, WAL commits since the last checkpoint may
+//!   be lost on power loss: an acknowledged publish could vanish and an acknowledged ack be
+//!   undone, so the message would come back. The queue promises durability, so it pays one
+//!   fsync per commit, like the SQLite document store.) Each operation is one transaction:
+//!   a publish stores its message, its delivery rows and its de-duplication id together or
+//!   not at all. A call that fails, or whose result never arrives, may or may not have
+//!   committed. `sqlite::memory:` is not durable at all: it lives as long as the handle.
+//! - **Concurrency.** Writers take SQLite's write lock at once (`BEGIN IMMEDIATE`) and wait
+//!   for it up to 10 s (the busy timeout), then fail with `Unavailable`.
+//! - **Escape hatch.** [`SqliteQueue::pool`] gives the sqlx pool; anything done through it is
+//!   **non-portable** and may break the queue's invariants.
 
 use super::checks;
 use async_trait::async_trait;
@@ -185,7 +204,7 @@ impl SqliteQueue {
             .map_err(|_| Error::invalid(BACKEND, "invalid SQLite URL"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool_options = if in_memory {
@@ -231,6 +250,11 @@ impl SqliteQueue {
     pub fn with_dedup_window(mut self, window: Duration) -> Self {
         self.dedup_window = window;
         self
+    }
+
+    /// The underlying sqlx pool: a **non-portable** escape hatch (see the module docs).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Closes the connections; the handle and its clones fail afterwards.

@@ -22,6 +22,11 @@
 //! (every part but the last at least 5 MiB), content type and user metadata, presigned GET and
 //! PUT URLs (SigV4, up to 7 days). Listed objects carry no content type or metadata (S3's list
 //! does not return them). See the shared adapter for how the semantics are mapped.
+//!
+//! Tested (`paas-components/tests/storage_s3.rs`) against moto with `conditional_put=etag`,
+//! where every case of the storage kit passes, races on create-only and if-match puts
+//! included, and against s3s-fs with `conditional_put=disabled` (s3s-fs checks the condition
+//! before writing, not atomically; two list / head cases fail there on its file layout).
 
 use super::object_store_adapter::{
     Flavor, ObjectStoreBlobStore, client_options, delegate_blob_store, is_loopback_http,
