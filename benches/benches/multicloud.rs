@@ -370,7 +370,14 @@ fn main() {
             let mut cursor = None;
             loop {
                 let page = store
-                    .query("replay", Query { cursor, limit: Some(1000), ..Query::all() })
+                    .query(
+                        "replay",
+                        Query {
+                            cursor,
+                            limit: Some(1000),
+                            ..Query::all()
+                        },
+                    )
                     .await
                     .expect("count");
                 n += page.documents.len();
