@@ -23,8 +23,8 @@
 //! returned as Azure stores them.
 
 use super::object_store_adapter::{
-    Flavor, ObjectStoreBlobStore, client_options, delegate_blob_store, is_loopback_http,
-    parse_bool, retry_config,
+    Flavor, ObjectStoreBlobStore, check_endpoint, client_options, delegate_blob_store, parse_bool,
+    retry_config,
 };
 use cloud_abstraction::storage::StorageCapabilities;
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
@@ -127,13 +127,7 @@ impl AzureBlobStore {
             .with_retry(retry_config());
         let mut description = format!("azure://{container} (account {account})");
         if let Some(endpoint) = &endpoint {
-            let http = endpoint.starts_with("http://");
-            if http && !allow_http && !is_loopback_http(endpoint) {
-                return Err(Error::invalid(
-                    BACKEND,
-                    "plain http endpoints are allowed only on loopback (or with allow_http=true)",
-                ));
-            }
+            let http = check_endpoint(BACKEND, endpoint, allow_http)?;
             builder = builder
                 .with_endpoint(endpoint.clone())
                 .with_allow_http(http);

@@ -24,8 +24,8 @@
 //! does not return them). See the shared adapter for how the semantics are mapped.
 
 use super::object_store_adapter::{
-    Flavor, ObjectStoreBlobStore, client_options, delegate_blob_store, is_loopback_http,
-    parse_bool, retry_config,
+    Flavor, ObjectStoreBlobStore, check_endpoint, client_options, delegate_blob_store, parse_bool,
+    retry_config,
 };
 use cloud_abstraction::storage::StorageCapabilities;
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
@@ -128,15 +128,10 @@ impl S3BlobStore {
             });
         let mut description = format!("s3://{bucket} ({region})");
         if let Some(endpoint) = &endpoint {
-            if endpoint.starts_with("http://") && !allow_http && !is_loopback_http(endpoint) {
-                return Err(Error::invalid(
-                    BACKEND,
-                    "plain http endpoints are allowed only on loopback (or with allow_http=true)",
-                ));
-            }
+            let http = check_endpoint(BACKEND, endpoint, allow_http)?;
             builder = builder
                 .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
+                .with_allow_http(http)
                 .with_virtual_hosted_style_request(false);
             description = format!("s3://{bucket} at {endpoint}");
         }
