@@ -161,7 +161,12 @@ async fn failover_times(
                 i += 1;
                 let started = origin.elapsed().as_micros() as u64;
                 let ok = store
-                    .put("failover", &format!("k{}", i % 100), json!({"i": i}), PutDocumentOptions::default())
+                    .put(
+                        "failover",
+                        &format!("k{}", i % 100),
+                        json!({"i": i}),
+                        PutDocumentOptions::default(),
+                    )
                     .await
                     .is_ok();
                 if ok && started >= cut_at_us.load(Ordering::SeqCst) {
@@ -191,7 +196,9 @@ async fn failover_times(
         cut_at_us.store(cut, Ordering::SeqCst);
         proxy.cut().await;
         let wait = Instant::now();
-        while first_ok_us.load(Ordering::SeqCst) == u64::MAX && wait.elapsed() < Duration::from_secs(30) {
+        while first_ok_us.load(Ordering::SeqCst) == u64::MAX
+            && wait.elapsed() < Duration::from_secs(30)
+        {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let ok = first_ok_us.load(Ordering::SeqCst);
@@ -208,12 +215,17 @@ async fn failover_times(
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
-    let pg = std::env::var("POSTGRES_TEST_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mysql = std::env::var("MYSQL_TEST_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let pg = std::env::var("POSTGRES_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mysql = std::env::var("MYSQL_TEST_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -241,7 +253,10 @@ fn main() {
         for (name, target) in [
             ("postgres_alone", Arc::clone(&c.a)),
             ("mariadb_alone", Arc::clone(&c.b)),
-            ("replicated", Arc::new(store.clone()) as Arc<dyn DocumentStore>),
+            (
+                "replicated",
+                Arc::new(store.clone()) as Arc<dyn DocumentStore>,
+            ),
         ] {
             let mut i = 0u64;
             group.bench_function(name, |b| {
@@ -266,19 +281,35 @@ fn main() {
     let cuts = env_usize("MULTICLOUD_BENCH_CUTS", 20);
     let replicated_store: Arc<dyn DocumentStore> = Arc::new(store.clone());
     let s2 = store.clone();
-    let times = rt.block_on(failover_times(replicated_store, &c.proxy_a, cuts, move || {
-        s2.breaker(0).is_some_and(|b| b.state() == paas_components::layers::BreakerState::Closed)
-            && !s2.is_behind(0)
-    }));
-    report("replicated store (write acknowledged on B + hint)", &times, cuts);
+    let times = rt.block_on(failover_times(
+        replicated_store,
+        &c.proxy_a,
+        cuts,
+        move || {
+            s2.breaker(0)
+                .is_some_and(|b| b.state() == paas_components::layers::BreakerState::Closed)
+                && !s2.is_behind(0)
+        },
+    ));
+    report(
+        "replicated store (write acknowledged on B + hint)",
+        &times,
+        cuts,
+    );
     let (failover, handle) = FailoverBuilder::new()
         .breaker(breaker())
         .document_store(vec![Arc::clone(&c.a), Arc::clone(&c.b)])
         .expect("failover");
     let times = rt.block_on(failover_times(failover, &c.proxy_a, cuts, move || {
-        handle.breaker(0).is_some_and(|b| b.state() == paas_components::layers::BreakerState::Closed)
+        handle
+            .breaker(0)
+            .is_some_and(|b| b.state() == paas_components::layers::BreakerState::Closed)
     }));
-    report("failover store (moves to B when A's breaker opens)", &times, cuts);
+    report(
+        "failover store (moves to B when A's breaker opens)",
+        &times,
+        cuts,
+    );
 
     // 3. Hint replay throughput after an outage of B.
     let writes = env_usize("MULTICLOUD_BENCH_HINTS", 10_000);
@@ -306,7 +337,12 @@ fn main() {
                             return;
                         }
                         quiet
-                            .put("replay", &format!("h{i:06}"), json!({"i": i}), PutDocumentOptions::default())
+                            .put(
+                                "replay",
+                                &format!("h{i:06}"),
+                                json!({"i": i}),
+                                PutDocumentOptions::default(),
+                            )
                             .await
                             .expect("write during the outage");
                     }
@@ -336,10 +372,14 @@ fn main() {
 
     rt.block_on(async {
         if let Ok(pool) = sqlx::PgPool::connect(&pg).await {
-            let _ = sqlx::query(&format!("DROP TABLE IF EXISTS \"{table}\"")).execute(&pool).await;
+            let _ = sqlx::query(&format!("DROP TABLE IF EXISTS \"{table}\""))
+                .execute(&pool)
+                .await;
         }
         if let Ok(pool) = sqlx::MySqlPool::connect(&mysql).await {
-            let _ = sqlx::query(&format!("DROP TABLE IF EXISTS `{table}`")).execute(&pool).await;
+            let _ = sqlx::query(&format!("DROP TABLE IF EXISTS `{table}`"))
+                .execute(&pool)
+                .await;
         }
     });
     criterion.final_summary();

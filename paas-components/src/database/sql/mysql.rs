@@ -30,7 +30,6 @@
 //! retryable, the configuration has to change. A server without TLS under a mode that needs
 //! it is [`Unavailable`](cloud_abstraction::ErrorKind::Unavailable). An unknown `ssl-mode` is `InvalidArgument`.
 
-
 use super::dialect::{Dialect, Param, RawDocument, Sql};
 use cloud_abstraction::{Error, ErrorKind, Result};
 use futures::future::BoxFuture;
