@@ -12,6 +12,20 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct ResourceUrl {
     inner: url::Url,
+    /// What the input had right after `scheme:`; the parsed URL normalises this away for
+    /// special schemes (`file:rel` becomes `file:///rel`).
+    written: PathForm,
+}
+
+/// How the input continued after `scheme:`: see [`ResourceUrl::path_form`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathForm {
+    /// `scheme://…`: an authority (host, possibly empty) follows.
+    Authority,
+    /// `scheme:/…`: an absolute path, no authority.
+    Absolute,
+    /// `scheme:…` without a leading `/`: a rootless (relative or opaque) path.
+    Rootless,
 }
 
 const SECRET_PARAM_HINTS: &[&str] = &[
@@ -63,7 +77,25 @@ impl ResourceUrl {
             };
             Error::invalid("url", message)
         })?;
-        Ok(Self { inner })
+        // `url` trims surrounding blanks and, for special schemes, reads `\` as `/`.
+        let rest = input.trim().split_once(':').map_or("", |(_, rest)| rest);
+        let slash = |c: char| c == '/' || c == '\\';
+        let written = if rest.chars().take(2).filter(|&c| slash(c)).count() == 2 {
+            PathForm::Authority
+        } else if rest.starts_with(slash) {
+            PathForm::Absolute
+        } else {
+            PathForm::Rootless
+        };
+        Ok(Self { inner, written })
+    }
+
+    /// How the URL was written after `scheme:` (an authority, an absolute path or a rootless
+    /// path). The parsed form does not keep this for special schemes such as `file`, where
+    /// `file:rel/dir` reads as `file:///rel/dir`; an opener that must refuse relative paths
+    /// asks here.
+    pub fn path_form(&self) -> PathForm {
+        self.written
     }
 
     /// The scheme, lower case (`"postgres"`, `"mem"`, `"s3"`).
@@ -129,7 +161,10 @@ impl ResourceUrl {
             .collect();
         let mut inner = self.inner.clone();
         inner.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
-        Self { inner }
+        Self {
+            inner,
+            written: self.written,
+        }
     }
 
     /// The full URL, secrets included. Only for handing to a client library; never log it.
@@ -209,6 +244,28 @@ impl std::str::FromStr for ResourceUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_form_is_what_was_written() {
+        for (input, form) in [
+            ("file:///tmp/x", PathForm::Authority),
+            ("file://data/tmp/x", PathForm::Authority),
+            (" FILE://localhost/x", PathForm::Authority),
+            ("file:\\\\\\tmp", PathForm::Authority),
+            ("file:/tmp/x", PathForm::Absolute),
+            ("file:rel/dir", PathForm::Rootless),
+            ("sqlite::memory:", PathForm::Rootless),
+        ] {
+            let url = ResourceUrl::parse(input).unwrap();
+            assert_eq!(url.path_form(), form, "{input}");
+            assert_eq!(url.without_query_params(&["x"]).path_form(), form);
+        }
+        // What `url` makes of them: the form is lost without `path_form`.
+        assert_eq!(
+            ResourceUrl::parse("file:rel/dir").unwrap().path(),
+            "/rel/dir"
+        );
+    }
 
     #[test]
     fn parse_errors_never_repeat_unparsed_input() {

@@ -290,3 +290,41 @@ async fn abandoned_multipart_uploads_are_removed_on_open() {
         .unwrap();
     assert_eq!(store.get_bytes("a/fresh").await.unwrap(), "x");
 }
+
+/// `file:` URLs are read strictly: a host (other than `localhost`) used to be dropped, and a
+/// relative path was read from `/`; both now fail without creating anything.
+#[tokio::test]
+async fn file_urls_with_a_host_or_a_relative_path_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let abs = dir.path().display().to_string();
+    // The same directory written relative to `/`: the old parse opened exactly `abs`.
+    let rel = abs.trim_start_matches('/');
+    for url in [
+        format!("file://data{abs}/x"),
+        format!("file://127.0.0.1{abs}/x"),
+        format!("file:{rel}/x"),
+    ] {
+        let err = match paas_components::open_blob_store(&url).await {
+            Ok(_) => panic!("{url}: opened"),
+            Err(err) => err,
+        };
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{url}: {err}");
+        assert!(err.to_string().contains("file:///abs/path"), "{url}: {err}");
+        assert!(
+            !dir.path().join("x").exists(),
+            "{url} created the directory"
+        );
+    }
+    for (url, sub) in [
+        (format!("file://{abs}/a"), "a"),
+        (format!("file://localhost{abs}/b"), "b"),
+        (format!("file:{abs}/c"), "c"),
+    ] {
+        let store = paas_components::open_blob_store(&url).await.unwrap();
+        store
+            .put("k", "v".into(), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(dir.path().join(sub).is_dir(), "{url}");
+    }
+}
