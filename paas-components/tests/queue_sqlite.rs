@@ -281,3 +281,37 @@ async fn huge_receive_wait_is_invalid_argument() {
         "receive with a wait of Duration::MAX",
     );
 }
+
+/// `sqlite://` names no file: sqlx would open a private temporary database (not durable). The
+/// queue refuses it exactly as the SQLite document store does (one shared URL reading).
+#[tokio::test]
+async fn a_url_without_a_path_is_refused_like_the_document_store() {
+    for url in ["sqlite://", "sqlite:", "sqlite://?mode=rwc"] {
+        let queue_err = match paas_components::open_queue(url).await {
+            Ok(_) => panic!("{url}: opened a queue"),
+            Err(err) => err,
+        };
+        let store_err = match paas_components::open_document_store(url).await {
+            Ok(_) => panic!("{url}: opened a document store"),
+            Err(err) => err,
+        };
+        assert_eq!(
+            queue_err.kind(),
+            ErrorKind::InvalidArgument,
+            "{url}: {queue_err}"
+        );
+        assert_eq!(
+            store_err.kind(),
+            ErrorKind::InvalidArgument,
+            "{url}: {store_err}"
+        );
+        assert_eq!(queue_err.message(), store_err.message(), "{url}");
+        for form in [
+            "sqlite:///abs/path.db",
+            "sqlite://relative.db",
+            "sqlite::memory:",
+        ] {
+            assert!(queue_err.to_string().contains(form), "{queue_err}");
+        }
+    }
+}

@@ -22,7 +22,7 @@
 //!   their minified `json()` text (both sides come from serde_json, with the same key order).
 
 use super::dialect::{Dialect, Param, RawDocument, Sql};
-use cloud_abstraction::{Error, ErrorKind, Result};
+use cloud_abstraction::{ErrorKind, Result};
 use futures::future::BoxFuture;
 use serde_json::Number;
 use sqlx::sqlite::{
@@ -42,48 +42,14 @@ const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGE
 #[derive(Debug, Clone, Copy)]
 pub struct Sqlite;
 
-/// The connect options and whether the database is in memory.
+/// The connect options (the shared URL reading, plus this store's durability) and whether
+/// the database is in memory.
 fn parse_url(url: &str) -> Result<(SqliteConnectOptions, bool)> {
-    let backend = Sqlite::BACKEND;
-    let rest = url
-        .strip_prefix("sqlite:")
-        .ok_or_else(|| Error::invalid(backend, "a SQLite URL starts with `sqlite:`"))?;
-    let (rest, params) = match rest.split_once('?') {
-        Some((rest, params)) => (rest, Some(params)),
-        None => (rest, None),
-    };
-    let path = rest.strip_prefix("//").unwrap_or(rest);
-    let mut create = true;
-    for param in params.into_iter().flat_map(|p| p.split('&')) {
-        match param {
-            "" | "mode=rwc" => create = true,
-            "mode=rw" => create = false,
-            _ => {
-                return Err(Error::invalid(
-                    backend,
-                    "unsupported SQLite URL parameter; supported are `mode=rwc` and `mode=rw`",
-                ));
-            }
-        }
+    let (options, in_memory) = crate::sqlite_url::parse(Sqlite::BACKEND, url)?;
+    if in_memory {
+        return Ok((options, true));
     }
-    if path == ":memory:" {
-        return Ok((SqliteConnectOptions::new().in_memory(true), true));
-    }
-    if path.is_empty() {
-        return Err(Error::invalid(
-            backend,
-            "the SQLite URL has no database path",
-        ));
-    }
-    if path.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            backend,
-            "the SQLite database path contains a control character",
-        ));
-    }
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(create)
+    let options = options
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full);
     Ok((options, false))
@@ -286,7 +252,6 @@ mod tests {
         assert_eq!(o.get_filename(), std::path::Path::new("rel.db"));
         for bad in [
             "postgres://x",
-            "sqlite://",
             "sqlite:///a.db?cache=shared",
             "sqlite://a\nb",
         ] {
