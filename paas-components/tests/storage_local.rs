@@ -226,6 +226,29 @@ async fn symlinks_out_of_the_root_are_refused() {
     assert!(!outside.path().join("new.blob").exists());
 }
 
+/// A put through a link out of the root is refused before anything is created outside:
+/// `create_dir_all` used to make `outside/sub.d/deeper.d` first, then refuse.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_refused_put_creates_nothing_outside_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("evil.d")).unwrap();
+    let store = LocalBlobStore::open(dir.path()).unwrap();
+    for key in ["evil/sub/deeper/x", "evil/x", "evil/sub/x"] {
+        let err = store.put_bytes(key, "x".into()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{key}: {err}");
+        let left: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+        assert!(left.is_empty(), "{key}: created outside the root: {left:?}");
+    }
+    // Puts inside the root still create their directories.
+    store
+        .put_bytes("ok/sub/deeper/x", "x".into())
+        .await
+        .unwrap();
+    assert!(dir.path().join("ok.d/sub.d/deeper.d").is_dir());
+}
+
 #[tokio::test]
 async fn open_rejects_a_file_root_and_reports_location() {
     let dir = tempfile::tempdir().unwrap();
