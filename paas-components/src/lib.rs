@@ -90,7 +90,7 @@ pub mod multicloud;
 pub mod queue;
 pub mod registry;
 #[cfg(feature = "sqlite")]
-mod sqlite_url;
+mod sqlite_open;
 pub mod storage;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 mod tls;

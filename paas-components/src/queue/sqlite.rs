@@ -125,16 +125,8 @@ impl fmt::Debug for SqliteQueue {
 /// Maps an sqlx error: busy / locked and connection trouble are retryable.
 fn db_error(operation: &str, e: sqlx::Error) -> Error {
     let kind = match &e {
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-            let primary = code.parse::<i64>().map(|c| c & 0xff).unwrap_or(0);
-            if primary == 5 || primary == 6 {
-                ErrorKind::Unavailable
-            } else {
-                ErrorKind::Internal
-            }
-        }
+        // The same reading of SQLite's result codes as the document store.
+        sqlx::Error::Database(db) => crate::sqlite_open::error_kind(db.as_ref()),
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             ErrorKind::Unavailable
         }
@@ -173,7 +165,7 @@ impl SqliteQueue {
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND), err(level = "debug"))]
     pub async fn connect(url: &str) -> Result<Self> {
         // The same reading as the SQLite document store (`sqlite://` alone is refused).
-        let (options, in_memory) = crate::sqlite_url::parse(BACKEND, url)?;
+        let (options, in_memory) = crate::sqlite_open::parse(BACKEND, url)?;
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)

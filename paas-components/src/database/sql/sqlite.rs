@@ -12,6 +12,11 @@
 //! - **In memory.** `sqlite::memory:` gives a private in-memory database held by a pool of
 //!   exactly one connection that is never recycled (each SQLite connection to `:memory:`
 //!   would otherwise see its own empty database); it is lost when the store is dropped.
+//! - **Opening.** The URL forms and the checks on the file before SQLite opens it are
+//!   shared with the SQLite queue: a path that is a directory, or has a regular file as a
+//!   parent, is `InvalidArgument`; a missing parent directory (or a missing file under
+//!   `mode=rw`) is `NotFound`; a file that cannot be opened (permissions) is
+//!   `PermissionDenied`. SQLite's own result codes map to the same kinds for both.
 //! - **Layout.** The table is `documents` by default, the document column `value` (JSON
 //!   text) and `expires_at` milliseconds since the Unix epoch, on the process's clock (the
 //!   database is embedded: there is no other clock to agree with). Database files written
@@ -45,7 +50,7 @@ pub struct Sqlite;
 /// The connect options (the shared URL reading, plus this store's durability) and whether
 /// the database is in memory.
 fn parse_url(url: &str) -> Result<(SqliteConnectOptions, bool)> {
-    let (options, in_memory) = crate::sqlite_url::parse(Sqlite::BACKEND, url)?;
+    let (options, in_memory) = crate::sqlite_open::parse(Sqlite::BACKEND, url)?;
     if in_memory {
         return Ok((options, true));
     }
@@ -112,22 +117,7 @@ impl Dialect for Sqlite {
     }
 
     fn error_kind(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
-        let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
-        match code {
-            // SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE
-            1555 | 2067 => ErrorKind::AlreadyExists,
-            _ => match code & 0xff {
-                // BUSY, LOCKED, IOERR, CANTOPEN, PROTOCOL
-                5 | 6 | 10 | 14 | 15 => ErrorKind::Unavailable,
-                // NOMEM, FULL
-                7 | 13 => ErrorKind::ResourceExhausted,
-                // PERM, READONLY, AUTH
-                3 | 8 | 23 => ErrorKind::PermissionDenied,
-                // TOOBIG, RANGE
-                18 | 25 => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Internal,
-            },
-        }
+        crate::sqlite_open::error_kind(db)
     }
 
     fn now() -> &'static str {
