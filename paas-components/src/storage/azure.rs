@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `account` | the storage account | `AZURE_STORAGE_ACCOUNT_NAME`; `devstoreaccount1` with `emulator` |
 //! | `access_key` | the account's shared key | `AZURE_STORAGE_ACCOUNT_KEY`; Azurite's well-known key with `emulator` |
-//! | `endpoint` | the account URL (with the account as first path segment for Azurite) | `https://ACCOUNT.blob.core.windows.net`; `http://127.0.0.1:10000/ACCOUNT` with `emulator` |
+//! | `endpoint` | the account URL, an absolute `http(s)://host[:port]/…` URL (with the account as first path segment for Azurite); anything else is `InvalidArgument` at open | `https://ACCOUNT.blob.core.windows.net`; `http://127.0.0.1:10000/ACCOUNT` with `emulator` |
 //! | `emulator` | talk to Azurite | `false` |
 //! | `allow_http` | allow plain HTTP to a non-loopback endpoint | `false` |
 //! | `provider`, `region`, `zone` | where the store is reported to run (see [`Location::from_url`]) | [`Location::unknown`]: the account name does not say |

@@ -29,7 +29,9 @@
 //! A key segment may be at most 250 bytes (the file name limit less the suffix). On a
 //! case-insensitive filesystem, keys that differ only in case collide. Symbolic links under
 //! the root are not followed by listings, and reads and writes whose path resolves outside
-//! the root (through a symbolic link) fail with `PermissionDenied`.
+//! the root (through a symbolic link) fail with `PermissionDenied`. A write creates an
+//! object's directories one level at a time and resolves each before creating the next, so
+//! a refused write has created nothing outside the root.
 
 use super::embedded::{self, check_put_options, same_etag, select_page};
 use async_trait::async_trait;

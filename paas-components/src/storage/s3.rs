@@ -8,7 +8,7 @@
 //! | `region` | the bucket's region: both where the store is reported to run (its [`Location`] region) and the SigV4 signing region | none |
 //! | `signing_region` | the signing region, when it must differ from `region` (S3-compatible servers often want `us-east-1` wherever they run) | `region`, else `AWS_REGION`, else `us-east-1` |
 //! | `provider`, `zone` | the rest of the reported [`Location`] (see [`Location::from_url`]) | provider `unknown` |
-//! | `endpoint` | a non-AWS endpoint (path-style requests); plain `http` only on loopback | AWS |
+//! | `endpoint` | a non-AWS endpoint (path-style requests): an absolute `http(s)://host[:port]` URL, else `InvalidArgument` at open; plain `http` only on loopback | AWS |
 //! | `access_key_id`, `secret_access_key`, `session_token` | credentials | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` |
 //! | `conditional_put` | `etag`: the server honours `If-None-Match: *` / `If-Match` on PUT atomically; `disabled`: it does not, so create-only and if-match puts are `Unsupported` | `etag` |
 //! | `allow_http` | allow plain HTTP to a non-loopback endpoint | `false` |
