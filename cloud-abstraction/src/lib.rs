@@ -66,4 +66,4 @@ pub use error::{Error, ErrorKind, ErrorStatus, Result};
 pub use location::{BackendInfo, Location};
 pub use queue::MessageQueue;
 pub use storage::BlobStore;
-pub use url::ResourceUrl;
+pub use url::{PathForm, ResourceUrl};

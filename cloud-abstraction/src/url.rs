@@ -12,6 +12,20 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct ResourceUrl {
     inner: url::Url,
+    /// What the input had right after `scheme:`; the parsed URL normalises this away for
+    /// special schemes (`file:rel` becomes `file:///rel`).
+    written: PathForm,
+}
+
+/// How the input continued after `scheme:`: see [`ResourceUrl::path_form`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathForm {
+    /// `scheme://…`: an authority (host, possibly empty) follows.
+    Authority,
+    /// `scheme:/…`: an absolute path, no authority.
+    Absolute,
+    /// `scheme:…` without a leading `/`: a rootless (relative or opaque) path.
+    Rootless,
 }
 
 const SECRET_PARAM_HINTS: &[&str] = &[
@@ -31,6 +45,21 @@ fn is_secret_param(name: &str) -> bool {
     SECRET_PARAM_HINTS.iter().any(|hint| name.contains(hint))
 }
 
+/// The longest scheme an error message repeats; real ones are far shorter, and a long run of
+/// scheme characters is more likely a token than a scheme.
+const MAX_SHOWN_SCHEME: usize = 32;
+
+/// The part of `input` before its first `:`, if that is a valid scheme (RFC 3986: a letter,
+/// then letters, digits, `+`, `-`, `.`) of at most [`MAX_SHOWN_SCHEME`] characters.
+fn shown_scheme(input: &str) -> Option<&str> {
+    let (scheme, _) = input.split_once(':')?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && scheme.len() <= MAX_SHOWN_SCHEME;
+    valid.then_some(scheme)
+}
+
 impl ResourceUrl {
     /// Parses `input`; a malformed URL is an [`InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error whose message does not repeat the input (it may hold a password).
@@ -39,15 +68,34 @@ impl ResourceUrl {
             return Err(Error::invalid("url", "empty backend URL"));
         }
         let inner = url::Url::parse(input).map_err(|e| {
-            Error::invalid(
-                "url",
-                format!(
-                    "malformed backend URL (scheme `{}`): {e}",
-                    input.split(':').next().unwrap_or("")
-                ),
-            )
+            // `url`'s errors never quote the input; the scheme is shown only when it is one
+            // syntactically, since a string that is no URL (a `key=value` DSN, a bare
+            // `user:password`) may have its secret before any `:`.
+            let message = match shown_scheme(input) {
+                Some(scheme) => format!("malformed backend URL (scheme `{scheme}`): {e}"),
+                None => format!("malformed backend URL (no valid `scheme:` prefix): {e}"),
+            };
+            Error::invalid("url", message)
         })?;
-        Ok(Self { inner })
+        // `url` trims surrounding blanks and, for special schemes, reads `\` as `/`.
+        let rest = input.trim().split_once(':').map_or("", |(_, rest)| rest);
+        let slash = |c: char| c == '/' || c == '\\';
+        let written = if rest.chars().take(2).filter(|&c| slash(c)).count() == 2 {
+            PathForm::Authority
+        } else if rest.starts_with(slash) {
+            PathForm::Absolute
+        } else {
+            PathForm::Rootless
+        };
+        Ok(Self { inner, written })
+    }
+
+    /// How the URL was written after `scheme:` (an authority, an absolute path or a rootless
+    /// path). The parsed form does not keep this for special schemes such as `file`, where
+    /// `file:rel/dir` reads as `file:///rel/dir`; an opener that must refuse relative paths
+    /// asks here.
+    pub fn path_form(&self) -> PathForm {
+        self.written
     }
 
     /// The scheme, lower case (`"postgres"`, `"mem"`, `"s3"`).
@@ -113,7 +161,10 @@ impl ResourceUrl {
             .collect();
         let mut inner = self.inner.clone();
         inner.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
-        Self { inner }
+        Self {
+            inner,
+            written: self.written,
+        }
     }
 
     /// The full URL, secrets included. Only for handing to a client library; never log it.
@@ -193,6 +244,62 @@ impl std::str::FromStr for ResourceUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_form_is_what_was_written() {
+        for (input, form) in [
+            ("file:///tmp/x", PathForm::Authority),
+            ("file://data/tmp/x", PathForm::Authority),
+            (" FILE://localhost/x", PathForm::Authority),
+            ("file:\\\\\\tmp", PathForm::Authority),
+            ("file:/tmp/x", PathForm::Absolute),
+            ("file:rel/dir", PathForm::Rootless),
+            ("sqlite::memory:", PathForm::Rootless),
+        ] {
+            let url = ResourceUrl::parse(input).unwrap();
+            assert_eq!(url.path_form(), form, "{input}");
+            assert_eq!(url.without_query_params(&["x"]).path_form(), form);
+        }
+        // What `url` makes of them: the form is lost without `path_form`.
+        assert_eq!(
+            ResourceUrl::parse("file:rel/dir").unwrap().path(),
+            "/rel/dir"
+        );
+    }
+
+    #[test]
+    fn parse_errors_never_repeat_unparsed_input() {
+        // Scheme characters only, but far too long to be a scheme: nothing of it is shown.
+        let long = format!("{} x:SuperSecret123", "a".repeat(10_000));
+        let long_secret = format!("SuperSecret123{}", "x".repeat(10_000));
+        // A valid but overlong scheme (more likely a token): not shown either.
+        let long_scheme = format!("SuperSecret123{}://[", "x".repeat(30));
+        for (input, secret) in [
+            (
+                "host=127.0.0.1 user=app password=SuperSecret123 dbname=cars",
+                "SuperSecret123",
+            ),
+            ("password=SuperSecret123", "SuperSecret123"),
+            ("SuperSecret123", "SuperSecret123"),
+            ("user=app password=Super:Secret123", "Super"),
+            ("app pass SuperSecret123:@host", "SuperSecret123"),
+            ("app@SuperSecret123:x y", "SuperSecret123"),
+            ("1SuperSecret123:x", "SuperSecret123"),
+            (long.as_str(), "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            (long_secret.as_str(), "SuperSecret123"),
+            (long_scheme.as_str(), "SuperSecret123"),
+        ] {
+            let err = ResourceUrl::parse(input)
+                .err()
+                .unwrap_or_else(|| panic!("{input:.40} parsed"));
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(secret), "{input:.40}: {shown}");
+        }
+        // A valid scheme is still named, to help with a typo after it.
+        let err = ResourceUrl::parse("postgres://[bad").unwrap_err();
+        assert!(err.to_string().contains("`postgres`"), "{err}");
+    }
 
     #[test]
     fn password_and_secret_params_are_redacted() {

@@ -91,6 +91,8 @@ pub mod migrate;
 pub mod multicloud;
 pub mod queue;
 pub mod registry;
+#[cfg(feature = "sqlite")]
+mod sqlite_open;
 pub mod storage;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 mod tls;

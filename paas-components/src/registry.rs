@@ -30,6 +30,12 @@
 //! second open of a named `mem://` instance may not ask for a different location than the
 //! first.
 //!
+//! `file:` URLs take an absolute directory path: `file:///var/lib/app/blobs` (also
+//! `file://localhost/…` and `file:/…`). A host other than `localhost`
+//! (`file://data/tmp/x`) and a relative path (`file:rel/dir`) are
+//! [`InvalidArgument`](ErrorKind::InvalidArgument): the process's working directory is no
+//! stable place for data, and a dropped host would open another directory than the one named.
+//!
 //! # Errors
 //!
 //! A scheme whose feature is not compiled in is an [`Unsupported`](ErrorKind::Unsupported)
@@ -293,6 +299,23 @@ mod open {
     pub(super) fn file(url: ResourceUrl, _: &Shared) -> Opening<dyn BlobStore> {
         Box::pin(async move {
             let location = embedded_location(&url)?;
+            // `url` drops `localhost` and reads `file:rel` as `file:///rel`; anything else
+            // would open a directory the caller did not name.
+            if url
+                .host()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
+                return Err(Error::invalid(
+                    super::SOURCE,
+                    "file:// URLs name no host (only empty or `localhost`): write file:///abs/path",
+                ));
+            }
+            if url.path_form() == cloud_abstraction::PathForm::Rootless {
+                return Err(Error::invalid(
+                    super::SOURCE,
+                    "file: URLs need an absolute path (relative paths are refused): write file:///abs/path",
+                ));
+            }
             let path = url.path();
             if path.is_empty() || path == "/" {
                 return Err(Error::invalid(

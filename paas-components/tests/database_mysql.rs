@@ -125,3 +125,17 @@ async fn fault_cut_and_restore_keeps_acknowledged_writes() {
     direct.close().await;
     drop_table(&url, &table).await;
 }
+
+/// A database that does not exist is `NotFound` (ER_BAD_DB_ERROR), not `Internal`.
+#[tokio::test]
+async fn a_missing_database_is_not_found() {
+    let Some(url) = url().await else { return };
+    let mut missing = url::Url::parse(&url).unwrap();
+    missing.set_path(&format!("/{}", unique_name("nodb")));
+    let err = match MysqlDocumentStore::connect(missing.as_str()).await {
+        Ok(_) => panic!("opened a database that does not exist"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("Unknown database"), "{err}");
+}

@@ -126,3 +126,29 @@ async fn fault_cut_and_restore_keeps_acknowledged_writes() {
     direct.close().await;
     drop_table(&url, &table).await;
 }
+
+/// Configuration errors of the caller get their own kind, not `Internal`: a database that
+/// does not exist is `NotFound`, an empty user name `InvalidArgument` (checked before
+/// connecting).
+#[tokio::test]
+async fn a_missing_database_or_an_empty_user_is_a_clear_configuration_error() {
+    let Some(url) = url().await else { return };
+    let mut missing = url::Url::parse(&url).unwrap();
+    missing.set_path(&format!("/{}", unique_name("nodb")));
+    let err = match PostgresDocumentStore::connect(missing.as_str()).await {
+        Ok(_) => panic!("opened a database that does not exist"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    let mut empty_user = url::Url::parse(&url).unwrap();
+    empty_user.set_username("").unwrap();
+    empty_user.query_pairs_mut().append_pair("user", "");
+    let err = match PostgresDocumentStore::connect(empty_user.as_str()).await {
+        Ok(_) => panic!("opened with an empty user name"),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("user name is empty"), "{err}");
+}

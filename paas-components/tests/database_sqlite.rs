@@ -154,7 +154,7 @@ async fn url_forms_and_errors() {
     let err = SqliteDocumentStore::connect(&format!("sqlite://{}?mode=rw", missing.display()))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(
         !err.to_string().contains("missing.db"),
         "no URL in the message: {err}"

@@ -309,3 +309,77 @@ async fn every_connection_fsyncs_each_commit() {
     drop(held);
     q.close().await;
 }
+
+/// `sqlite://` names no file: sqlx would open a private temporary database (not durable). The
+/// queue refuses it exactly as the SQLite document store does (one shared URL reading).
+#[tokio::test]
+async fn a_url_without_a_path_is_refused_like_the_document_store() {
+    for url in ["sqlite://", "sqlite:", "sqlite://?mode=rwc"] {
+        let queue_err = match paas_components::open_queue(url).await {
+            Ok(_) => panic!("{url}: opened a queue"),
+            Err(err) => err,
+        };
+        let store_err = match paas_components::open_document_store(url).await {
+            Ok(_) => panic!("{url}: opened a document store"),
+            Err(err) => err,
+        };
+        assert_eq!(
+            queue_err.kind(),
+            ErrorKind::InvalidArgument,
+            "{url}: {queue_err}"
+        );
+        assert_eq!(
+            store_err.kind(),
+            ErrorKind::InvalidArgument,
+            "{url}: {store_err}"
+        );
+        assert_eq!(queue_err.message(), store_err.message(), "{url}");
+        for form in [
+            "sqlite:///abs/path.db",
+            "sqlite://relative.db",
+            "sqlite::memory:",
+        ] {
+            assert!(queue_err.to_string().contains(form), "{queue_err}");
+        }
+    }
+}
+
+/// A database file that cannot be opened is a configuration error with a kind that says what
+/// to fix, the same for the queue and the document store (the queue said `Internal`, the
+/// store `Unavailable`). Mode 000 does not stop root, so the cases use the file system's
+/// shape: a directory where the file should be and a regular file as a parent are
+/// `InvalidArgument`; a missing directory, or a missing file under `mode=rw`, `NotFound`.
+#[tokio::test]
+async fn unopenable_files_are_configuration_errors_alike_for_queue_and_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plain"), b"x").unwrap();
+    std::fs::create_dir(dir.path().join("adir")).unwrap();
+    let d = dir.path().display();
+    for (url, kind) in [
+        (format!("sqlite://{d}/adir"), ErrorKind::InvalidArgument),
+        (
+            format!("sqlite://{d}/plain/x.db"),
+            ErrorKind::InvalidArgument,
+        ),
+        (format!("sqlite://{d}/nodir/x.db"), ErrorKind::NotFound),
+        (
+            format!("sqlite://{d}/absent.db?mode=rw"),
+            ErrorKind::NotFound,
+        ),
+    ] {
+        let queue_err = match paas_components::open_queue(&url).await {
+            Ok(_) => panic!("{url}: opened a queue"),
+            Err(err) => err,
+        };
+        let store_err = match paas_components::open_document_store(&url).await {
+            Ok(_) => panic!("{url}: opened a document store"),
+            Err(err) => err,
+        };
+        assert_eq!(queue_err.kind(), kind, "{url}: {queue_err}");
+        assert_eq!(store_err.kind(), kind, "{url}: {store_err}");
+        assert_eq!(queue_err.message(), store_err.message(), "{url}");
+    }
+    // Nothing was created on the way.
+    assert!(!dir.path().join("nodir").exists());
+    assert!(!dir.path().join("absent.db").exists());
+}

@@ -86,6 +86,34 @@ async fn bad_urls_are_invalid_argument_without_secrets() {
     assert!(err.to_string().contains("known schemes"), "{err}");
 }
 
+/// Strings that are no URL (a libpq `key=value` DSN, a bare `user:password`, a long token)
+/// are refused without repeating the secret in them, through every `open_*`.
+#[tokio::test]
+async fn non_urls_are_refused_without_repeating_their_secret() {
+    let long = format!("{}SuperSecret123", "a".repeat(5_000));
+    let inputs = [
+        "host=127.0.0.1 user=app password=SuperSecret123 dbname=cars",
+        "user=app password=SuperSecret123",
+        "app:SuperSecret123@db.local:5432/cars",
+        "app:SuperSecret123",
+        "SuperSecret123",
+        long.as_str(),
+    ];
+    for input in inputs {
+        let errors = [
+            paas_components::open_document_store(input).await.err(),
+            paas_components::open_blob_store(input).await.err(),
+            paas_components::open_queue(input).await.err(),
+        ];
+        for err in errors {
+            let err = err.unwrap_or_else(|| panic!("{input:.40}: opened"));
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{input:.40}: {err}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("SuperSecret123"), "{input:.40}: {shown}");
+        }
+    }
+}
+
 #[cfg(not(feature = "postgres"))]
 #[tokio::test]
 async fn scheme_without_its_feature_names_the_feature() {

@@ -239,3 +239,25 @@ async fn copy_if_not_exists_copies_metadata_written_by_other_tools() {
         store.delete(key).await.unwrap();
     }
 }
+
+/// The same endpoint rule as S3 (shared in the object_store adapter): an endpoint that is
+/// no absolute http(s) URL with a host is refused at open, not a panic at the first call.
+#[tokio::test]
+async fn unusable_endpoints_are_refused_at_open() {
+    for endpoint in ["127.0.0.1:10000", "localhost", ""] {
+        let url = format!("azure://c?emulator=true&endpoint={endpoint}");
+        let err = match paas_components::open_blob_store(&url).await {
+            Ok(_) => panic!("{endpoint:?}: opened"),
+            Err(err) => err,
+        };
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidArgument,
+            "{endpoint:?}: {err}"
+        );
+        assert!(
+            err.to_string().contains("`endpoint`"),
+            "{endpoint:?}: {err}"
+        );
+    }
+}

@@ -226,6 +226,29 @@ async fn symlinks_out_of_the_root_are_refused() {
     assert!(!outside.path().join("new.blob").exists());
 }
 
+/// A put through a link out of the root is refused before anything is created outside:
+/// `create_dir_all` used to make `outside/sub.d/deeper.d` first, then refuse.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_refused_put_creates_nothing_outside_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("evil.d")).unwrap();
+    let store = LocalBlobStore::open(dir.path()).unwrap();
+    for key in ["evil/sub/deeper/x", "evil/x", "evil/sub/x"] {
+        let err = store.put_bytes(key, "x".into()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{key}: {err}");
+        let left: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+        assert!(left.is_empty(), "{key}: created outside the root: {left:?}");
+    }
+    // Puts inside the root still create their directories.
+    store
+        .put_bytes("ok/sub/deeper/x", "x".into())
+        .await
+        .unwrap();
+    assert!(dir.path().join("ok.d/sub.d/deeper.d").is_dir());
+}
+
 #[tokio::test]
 async fn open_rejects_a_file_root_and_reports_location() {
     let dir = tempfile::tempdir().unwrap();
@@ -289,4 +312,42 @@ async fn abandoned_multipart_uploads_are_removed_on_open() {
         .await
         .unwrap();
     assert_eq!(store.get_bytes("a/fresh").await.unwrap(), "x");
+}
+
+/// `file:` URLs are read strictly: a host (other than `localhost`) used to be dropped, and a
+/// relative path was read from `/`; both now fail without creating anything.
+#[tokio::test]
+async fn file_urls_with_a_host_or_a_relative_path_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let abs = dir.path().display().to_string();
+    // The same directory written relative to `/`: the old parse opened exactly `abs`.
+    let rel = abs.trim_start_matches('/');
+    for url in [
+        format!("file://data{abs}/x"),
+        format!("file://127.0.0.1{abs}/x"),
+        format!("file:{rel}/x"),
+    ] {
+        let err = match paas_components::open_blob_store(&url).await {
+            Ok(_) => panic!("{url}: opened"),
+            Err(err) => err,
+        };
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{url}: {err}");
+        assert!(err.to_string().contains("file:///abs/path"), "{url}: {err}");
+        assert!(
+            !dir.path().join("x").exists(),
+            "{url} created the directory"
+        );
+    }
+    for (url, sub) in [
+        (format!("file://{abs}/a"), "a"),
+        (format!("file://localhost{abs}/b"), "b"),
+        (format!("file:{abs}/c"), "c"),
+    ] {
+        let store = paas_components::open_blob_store(&url).await.unwrap();
+        store
+            .put("k", "v".into(), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(dir.path().join(sub).is_dir(), "{url}");
+    }
 }

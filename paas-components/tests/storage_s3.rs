@@ -354,3 +354,39 @@ async fn outage_is_retryable_and_acknowledged_writes_survive() {
     let direct = Arc::new(S3BlobStore::from_url(&url).unwrap());
     support::blob_faults::cut_and_restore_keeps_acknowledged_objects(&proxy, store, direct).await;
 }
+
+/// An endpoint object_store cannot turn into a request URI used to open fine and panic at
+/// the first call; it is refused at open, naming the parameter. No server needed.
+#[tokio::test]
+async fn unusable_endpoints_are_refused_at_open() {
+    for endpoint in [
+        "127.0.0.1:9000",
+        "localhost",
+        "localhost:9000",
+        "",
+        "ftp://h",
+    ] {
+        let url = format!("s3://b?endpoint={endpoint}&access_key_id=k&secret_access_key=s");
+        let err = match paas_components::open_blob_store(&url).await {
+            Ok(_) => panic!("{endpoint:?}: opened"),
+            Err(err) => err,
+        };
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidArgument,
+            "{endpoint:?}: {err}"
+        );
+        assert!(
+            err.to_string().contains("`endpoint`"),
+            "{endpoint:?}: {err}"
+        );
+    }
+    // A usable endpoint still opens; the call fails cleanly (port 9 on loopback: nothing
+    // listens), it does not panic.
+    let store = paas_components::open_blob_store(
+        "s3://b?endpoint=http://127.0.0.1:9&access_key_id=k&secret_access_key=s",
+    )
+    .await
+    .unwrap();
+    assert!(store.head("k").await.is_err());
+}

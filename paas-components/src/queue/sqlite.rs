@@ -26,13 +26,10 @@ use cloud_abstraction::queue::{
     GroupOptions, Message, MessageQueue, QueueCapabilities, ReceiveOptions, ReceivedMessage,
 };
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -147,16 +144,8 @@ impl fmt::Debug for SqliteQueue {
 /// Maps an sqlx error: busy / locked and connection trouble are retryable.
 fn db_error(operation: &str, e: sqlx::Error) -> Error {
     let kind = match &e {
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-            let primary = code.parse::<i64>().map(|c| c & 0xff).unwrap_or(0);
-            if primary == 5 || primary == 6 {
-                ErrorKind::Unavailable
-            } else {
-                ErrorKind::Internal
-            }
-        }
+        // The same reading of SQLite's result codes as the document store.
+        sqlx::Error::Database(db) => crate::sqlite_open::error_kind(db.as_ref()),
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             ErrorKind::Unavailable
         }
@@ -188,25 +177,18 @@ struct GroupRow {
 type Tx = Transaction<'static, Sqlite>;
 
 impl SqliteQueue {
-    /// Opens (creating if needed) the queue at `url`: `sqlite://path.db`, `sqlite:path.db`
-    /// or `sqlite::memory:` (private to this handle and its clones).
+    /// Opens (creating if needed) the queue at `url`: `sqlite:///abs/path.db`,
+    /// `sqlite://relative.db` (or `sqlite:relative.db`) or `sqlite::memory:` (private to this
+    /// handle and its clones); `?mode=rw` requires the file to exist. `sqlite://` without a
+    /// path is [`InvalidArgument`](ErrorKind::InvalidArgument), as for the document store.
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND), err(level = "debug"))]
     pub async fn connect(url: &str) -> Result<Self> {
-        if !url.starts_with("sqlite:") {
-            // sqlx would take any other string for a file name.
-            return Err(Error::invalid(
-                BACKEND,
-                "an SQLite URL starts with `sqlite:`",
-            ));
-        }
-        let options = SqliteConnectOptions::from_str(url)
-            // No source: sqlx's configuration error may quote the URL.
-            .map_err(|_| Error::invalid(BACKEND, "invalid SQLite URL"))?
-            .create_if_missing(true)
+        // The same reading as the SQLite document store (`sqlite://` alone is refused).
+        let (options, in_memory) = crate::sqlite_open::parse(BACKEND, url)?;
+        let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let pool_options = if in_memory {
             // One connection that never closes: the database lives as long as it does.
             SqlitePoolOptions::new()

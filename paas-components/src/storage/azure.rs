@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `account` | the storage account | `AZURE_STORAGE_ACCOUNT_NAME`; `devstoreaccount1` with `emulator` |
 //! | `access_key` | the account's shared key | `AZURE_STORAGE_ACCOUNT_KEY`; Azurite's well-known key with `emulator` |
-//! | `endpoint` | the account URL (with the account as first path segment for Azurite) | `https://ACCOUNT.blob.core.windows.net`; `http://127.0.0.1:10000/ACCOUNT` with `emulator` |
+//! | `endpoint` | the account URL, an absolute `http(s)://host[:port]/…` URL (with the account as first path segment for Azurite); anything else is `InvalidArgument` at open | `https://ACCOUNT.blob.core.windows.net`; `http://127.0.0.1:10000/ACCOUNT` with `emulator` |
 //! | `emulator` | talk to Azurite | `false` |
 //! | `allow_http` | allow plain HTTP to a non-loopback endpoint | `false` |
 //! | `provider`, `region`, `zone` | where the store is reported to run (see [`Location::from_url`]) | [`Location::unknown`]: the account name does not say |
@@ -23,8 +23,8 @@
 //! returned as Azure stores them.
 
 use super::object_store_adapter::{
-    Flavor, ObjectStoreBlobStore, client_options, delegate_blob_store, is_loopback_http,
-    parse_bool, retry_config,
+    Flavor, ObjectStoreBlobStore, check_endpoint, client_options, delegate_blob_store, parse_bool,
+    retry_config,
 };
 use cloud_abstraction::storage::StorageCapabilities;
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
@@ -127,13 +127,7 @@ impl AzureBlobStore {
             .with_retry(retry_config());
         let mut description = format!("azure://{container} (account {account})");
         if let Some(endpoint) = &endpoint {
-            let http = endpoint.starts_with("http://");
-            if http && !allow_http && !is_loopback_http(endpoint) {
-                return Err(Error::invalid(
-                    BACKEND,
-                    "plain http endpoints are allowed only on loopback (or with allow_http=true)",
-                ));
-            }
+            let http = check_endpoint(BACKEND, endpoint, allow_http)?;
             builder = builder
                 .with_endpoint(endpoint.clone())
                 .with_allow_http(http);

@@ -29,7 +29,9 @@
 //! A key segment may be at most 250 bytes (the file name limit less the suffix). On a
 //! case-insensitive filesystem, keys that differ only in case collide. Symbolic links under
 //! the root are not followed by listings, and reads and writes whose path resolves outside
-//! the root (through a symbolic link) fail with `PermissionDenied`.
+//! the root (through a symbolic link) fail with `PermissionDenied`. A write creates an
+//! object's directories one level at a time and resolves each before creating the next, so
+//! a refused write has created nothing outside the root.
 
 use super::embedded::{self, check_put_options, same_etag, select_page};
 use async_trait::async_trait;
@@ -430,15 +432,10 @@ impl Inner {
         // shows up as NotFound: create it again and retry.
         let mut attempt = 0;
         loop {
-            let step = fs::create_dir_all(parent).and_then(|_| fs::canonicalize(parent));
-            let step = match step {
-                Ok(real) => {
-                    // Never rename into a directory that a symbolic link leads out of the root.
-                    self.check_inside(key, &real)?;
-                    fs::rename(&tmp.path, target)
-                }
-                Err(e) => Err(e),
-            };
+            // Never create or rename into a directory that a symbolic link leads out of the
+            // root: each level is checked before the next one is created.
+            let step = self.create_parent_inside(key, parent)?;
+            let step = step.and_then(|_| fs::rename(&tmp.path, target));
             match step {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
@@ -476,6 +473,31 @@ impl Inner {
             io::ErrorKind::NotFound => not_found(key),
             _ => io_error(&format!("reading `{key}`"), e),
         })
+    }
+
+    /// Creates `parent` (a directory under the root) level by level, resolving each level and
+    /// refusing with `PermissionDenied` as soon as one resolves outside the root, before
+    /// anything below it is created. `create_dir_all` would follow a symbolic link out of the
+    /// root and create the rest there. The inner I/O error is for the caller's retry.
+    fn create_parent_inside(&self, key: &str, parent: &Path) -> Result<io::Result<PathBuf>> {
+        let relative = parent
+            .strip_prefix(&self.root)
+            .map_err(|_| Error::internal(BACKEND, "object path outside the store root"))?;
+        let mut current = self.real_root.clone();
+        for component in relative.components() {
+            current.push(component);
+            match fs::create_dir(&current) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            current = match fs::canonicalize(&current) {
+                Ok(real) => real,
+                Err(e) => return Ok(Err(e)),
+            };
+            self.check_inside(key, &current)?;
+        }
+        Ok(Ok(current))
     }
 
     fn check_inside(&self, key: &str, real: &Path) -> Result<()> {

@@ -1230,6 +1230,41 @@ pub(crate) fn retry_config() -> object_store::RetryConfig {
     }
 }
 
+/// Checks an `endpoint` URL parameter before it reaches object_store, whose request builder
+/// panics on a URI it cannot use (`127.0.0.1:9000`, `localhost`, an empty value). The
+/// endpoint must be an absolute `http`/`https` URL with a host; plain `http` only on
+/// loopback unless `allow_http`. Returns whether it is plain `http`. Errors name the
+/// parameter, never the value (it is the caller's input and may carry credentials).
+pub(crate) fn check_endpoint(
+    backend: &'static str,
+    endpoint: &str,
+    allow_http: bool,
+) -> Result<bool> {
+    let invalid = || {
+        Error::invalid(
+            backend,
+            "URL parameter `endpoint` must be an absolute http(s) URL with a host, \
+             such as `https://s3.example.com` or `http://127.0.0.1:9000`",
+        )
+    };
+    let parsed = url::Url::parse(endpoint).map_err(|_| invalid())?;
+    let http = match parsed.scheme() {
+        "http" => true,
+        "https" => false,
+        _ => return Err(invalid()),
+    };
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid());
+    }
+    if http && !allow_http && !is_loopback_http(endpoint) {
+        return Err(Error::invalid(
+            backend,
+            "plain http endpoints are allowed only on loopback (or with allow_http=true)",
+        ));
+    }
+    Ok(http)
+}
+
 /// Whether `endpoint` is a loopback HTTP URL (allowed without TLS).
 pub(crate) fn is_loopback_http(endpoint: &str) -> bool {
     url::Url::parse(endpoint).is_ok_and(|u| {
@@ -1274,5 +1309,31 @@ mod tests {
         assert!(is_loopback_http("http://[::1]:9000"));
         assert!(!is_loopback_http("http://10.0.0.1:9000"));
         assert!(!is_loopback_http("https://127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn endpoints_must_be_absolute_http_urls() {
+        for bad in [
+            "",
+            "127.0.0.1:9000",
+            "localhost",
+            "localhost:9000",
+            "ftp://127.0.0.1",
+            "http://",
+            "file:///tmp",
+            "unix:/var/run/s3.sock",
+            "http://10.0.0.1:9000",
+        ] {
+            let err = check_endpoint("s3", bad, false).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                cloud_abstraction::ErrorKind::InvalidArgument,
+                "{bad:?}"
+            );
+            assert!(err.to_string().contains("endpoint"), "{bad:?}: {err}");
+        }
+        assert!(check_endpoint("s3", "http://127.0.0.1:9000", false).unwrap());
+        assert!(check_endpoint("s3", "http://10.0.0.1:9000", true).unwrap());
+        assert!(!check_endpoint("s3", "https://s3.example.com/acct", false).unwrap());
     }
 }

@@ -8,7 +8,7 @@
 //! | `region` | the bucket's region: both where the store is reported to run (its [`Location`] region) and the SigV4 signing region | none |
 //! | `signing_region` | the signing region, when it must differ from `region` (S3-compatible servers often want `us-east-1` wherever they run) | `region`, else `AWS_REGION`, else `us-east-1` |
 //! | `provider`, `zone` | the rest of the reported [`Location`] (see [`Location::from_url`]) | provider `unknown` |
-//! | `endpoint` | a non-AWS endpoint (path-style requests); plain `http` only on loopback | AWS |
+//! | `endpoint` | a non-AWS endpoint (path-style requests): an absolute `http(s)://host[:port]` URL, else `InvalidArgument` at open; plain `http` only on loopback | AWS |
 //! | `access_key_id`, `secret_access_key`, `session_token` | credentials | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` |
 //! | `conditional_put` | `etag`: the server honours `If-None-Match: *` / `If-Match` on PUT atomically; `disabled`: it does not, so create-only and if-match puts are `Unsupported` | `etag` |
 //! | `allow_http` | allow plain HTTP to a non-loopback endpoint | `false` |
@@ -29,8 +29,8 @@
 //! before writing, not atomically; two list / head cases fail there on its file layout).
 
 use super::object_store_adapter::{
-    Flavor, ObjectStoreBlobStore, client_options, delegate_blob_store, is_loopback_http,
-    parse_bool, retry_config,
+    Flavor, ObjectStoreBlobStore, check_endpoint, client_options, delegate_blob_store, parse_bool,
+    retry_config,
 };
 use cloud_abstraction::storage::StorageCapabilities;
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
@@ -133,15 +133,10 @@ impl S3BlobStore {
             });
         let mut description = format!("s3://{bucket} ({region})");
         if let Some(endpoint) = &endpoint {
-            if endpoint.starts_with("http://") && !allow_http && !is_loopback_http(endpoint) {
-                return Err(Error::invalid(
-                    BACKEND,
-                    "plain http endpoints are allowed only on loopback (or with allow_http=true)",
-                ));
-            }
+            let http = check_endpoint(BACKEND, endpoint, allow_http)?;
             builder = builder
                 .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
+                .with_allow_http(http)
                 .with_virtual_hosted_style_request(false);
             description = format!("s3://{bucket} at {endpoint}");
         }

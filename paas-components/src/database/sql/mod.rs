@@ -181,8 +181,13 @@ impl<D: Dialect> SqlDocumentStore<D> {
     /// `mysql://…` (or `mariadb://…`), `sqlite:///abs/path.db`, `sqlite://relative.db`,
     /// `sqlite::memory:` (SQLite optionally with `?mode=rwc`, the default, or `?mode=rw`: the
     /// file must exist). Server URLs are parsed by sqlx, so its parameters (e.g. `sslmode`)
-    /// apply. Fails with `InvalidArgument` for a malformed URL, `Unavailable` when the server
-    /// cannot be reached (within the 5 s acquire timeout). The URL never appears in an error.
+    /// apply. Fails with `InvalidArgument` for a malformed URL or an empty PostgreSQL user
+    /// name, `NotFound` when the named database does not exist, `Unauthenticated` for a
+    /// refused login, `Unavailable` when the server cannot be reached (within the 5 s acquire
+    /// timeout). For SQLite files, see the table in the SQLite dialect: a directory or a file
+    /// as parent is `InvalidArgument`, a missing directory (or file under `mode=rw`)
+    /// `NotFound`, a file that cannot be opened `PermissionDenied`. The URL never appears in
+    /// an error.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_table(url, D::DEFAULT_TABLE).await
     }

@@ -103,6 +103,8 @@ impl Dialect for Mysql {
             1040 | 1203 | 1226 => ErrorKind::ResourceExhausted,
             1045 => ErrorKind::Unauthenticated,
             1044 | 1142 | 1143 => ErrorKind::PermissionDenied,
+            // ER_BAD_DB_ERROR: the database named in the URL does not exist.
+            1049 => ErrorKind::NotFound,
             1153 => ErrorKind::InvalidArgument,
             1969 | 3024 => ErrorKind::DeadlineExceeded,
             _ if state.starts_with("08") || state == "40001" => ErrorKind::Unavailable,

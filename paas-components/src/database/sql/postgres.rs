@@ -65,6 +65,14 @@ impl Dialect for Postgres {
                 // Not the parser's message: it may quote the URL.
                 Error::invalid(Self::BACKEND, "invalid PostgreSQL URL")
             })?;
+            // `?user=` (or an empty `PGUSER`): the server would refuse the startup with a
+            // bare authentication error.
+            if options.get_username().is_empty() {
+                return Err(Error::invalid(
+                    Self::BACKEND,
+                    "the PostgreSQL user name is empty (`user=` or PGUSER)",
+                ));
+            }
             super::server_pool::<Self>(options).await
         })
     }
@@ -89,6 +97,8 @@ impl Dialect for Postgres {
             "40001" | "40P01" => ErrorKind::Unavailable,
             "57014" => ErrorKind::DeadlineExceeded,
             "42501" => ErrorKind::PermissionDenied,
+            // invalid_catalog_name: the database named in the URL does not exist.
+            "3D000" => ErrorKind::NotFound,
             c if c.starts_with("08") || c.starts_with("57P") => ErrorKind::Unavailable,
             c if c.starts_with("53") => ErrorKind::ResourceExhausted,
             c if c.starts_with("28") => ErrorKind::Unauthenticated,

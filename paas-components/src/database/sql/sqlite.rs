@@ -12,6 +12,11 @@
 //! - **In memory.** `sqlite::memory:` gives a private in-memory database held by a pool of
 //!   exactly one connection that is never recycled (each SQLite connection to `:memory:`
 //!   would otherwise see its own empty database); it is lost when the store is dropped.
+//! - **Opening.** The URL forms and the checks on the file before SQLite opens it are
+//!   shared with the SQLite queue: a path that is a directory, or has a regular file as a
+//!   parent, is `InvalidArgument`; a missing parent directory (or a missing file under
+//!   `mode=rw`) is `NotFound`; a file that cannot be opened (permissions) is
+//!   `PermissionDenied`. SQLite's own result codes map to the same kinds for both.
 //! - **Layout.** The table is `documents` by default, the document column `value` (JSON
 //!   text) and `expires_at` milliseconds since the Unix epoch, on the process's clock (the
 //!   database is embedded: there is no other clock to agree with). Database files written
@@ -22,7 +27,7 @@
 //!   their minified `json()` text (both sides come from serde_json, with the same key order).
 
 use super::dialect::{Dialect, Param, RawDocument, Sql};
-use cloud_abstraction::{Error, ErrorKind, Result};
+use cloud_abstraction::{ErrorKind, Result};
 use futures::future::BoxFuture;
 use serde_json::Number;
 use sqlx::sqlite::{
@@ -42,48 +47,14 @@ const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGE
 #[derive(Debug, Clone, Copy)]
 pub struct Sqlite;
 
-/// The connect options and whether the database is in memory.
+/// The connect options (the shared URL reading, plus this store's durability) and whether
+/// the database is in memory.
 fn parse_url(url: &str) -> Result<(SqliteConnectOptions, bool)> {
-    let backend = Sqlite::BACKEND;
-    let rest = url
-        .strip_prefix("sqlite:")
-        .ok_or_else(|| Error::invalid(backend, "a SQLite URL starts with `sqlite:`"))?;
-    let (rest, params) = match rest.split_once('?') {
-        Some((rest, params)) => (rest, Some(params)),
-        None => (rest, None),
-    };
-    let path = rest.strip_prefix("//").unwrap_or(rest);
-    let mut create = true;
-    for param in params.into_iter().flat_map(|p| p.split('&')) {
-        match param {
-            "" | "mode=rwc" => create = true,
-            "mode=rw" => create = false,
-            _ => {
-                return Err(Error::invalid(
-                    backend,
-                    "unsupported SQLite URL parameter; supported are `mode=rwc` and `mode=rw`",
-                ));
-            }
-        }
+    let (options, in_memory) = crate::sqlite_open::parse(Sqlite::BACKEND, url)?;
+    if in_memory {
+        return Ok((options, true));
     }
-    if path == ":memory:" {
-        return Ok((SqliteConnectOptions::new().in_memory(true), true));
-    }
-    if path.is_empty() {
-        return Err(Error::invalid(
-            backend,
-            "the SQLite URL has no database path",
-        ));
-    }
-    if path.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            backend,
-            "the SQLite database path contains a control character",
-        ));
-    }
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(create)
+    let options = options
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full);
     Ok((options, false))
@@ -146,22 +117,7 @@ impl Dialect for Sqlite {
     }
 
     fn error_kind(db: &dyn sqlx::error::DatabaseError) -> ErrorKind {
-        let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
-        match code {
-            // SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE
-            1555 | 2067 => ErrorKind::AlreadyExists,
-            _ => match code & 0xff {
-                // BUSY, LOCKED, IOERR, CANTOPEN, PROTOCOL
-                5 | 6 | 10 | 14 | 15 => ErrorKind::Unavailable,
-                // NOMEM, FULL
-                7 | 13 => ErrorKind::ResourceExhausted,
-                // PERM, READONLY, AUTH
-                3 | 8 | 23 => ErrorKind::PermissionDenied,
-                // TOOBIG, RANGE
-                18 | 25 => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Internal,
-            },
-        }
+        crate::sqlite_open::error_kind(db)
     }
 
     fn now() -> &'static str {
@@ -286,7 +242,6 @@ mod tests {
         assert_eq!(o.get_filename(), std::path::Path::new("rel.db"));
         for bad in [
             "postgres://x",
-            "sqlite://",
             "sqlite:///a.db?cache=shared",
             "sqlite://a\nb",
         ] {
