@@ -416,17 +416,14 @@ async fn background_replay_drains_hints_after_the_member_returns() {
     assert_eq!(dump(&p.a, "cars").await, dump(&p.b, "cars").await);
 }
 
-#[tokio::test]
-async fn repair_resumes_from_its_cursor() {
-    let p = pair(false).await;
-    // Write 30 documents to A only, behind the store's back (as a member restored from an
-    // old backup would differ).
+/// Writes documents `v0000`.. `v{n-1}` (in id order) while B is down, then brings B back.
+async fn write_while_b_is_down(p: &Pair, n: usize) {
     p.fb.set_down(true);
-    for i in 0..30 {
+    for i in 0..n {
         p.store
             .put(
                 "cars",
-                &format!("v{i:02}"),
+                &format!("v{i:04}"),
                 json!({"i": i}),
                 PutDocumentOptions::default(),
             )
@@ -434,6 +431,14 @@ async fn repair_resumes_from_its_cursor() {
             .unwrap();
     }
     p.fb.set_down(false);
+}
+
+#[tokio::test]
+async fn repair_resumes_from_its_cursor() {
+    let p = pair(false).await;
+    // Write 30 documents to A only, behind the store's back (as a member restored from an
+    // old backup would differ).
+    write_while_b_is_down(&p, 30).await;
     // Drop the hints: only repair can fix B now.
     for (id, _) in dump(&p.a, "replication_hints").await {
         p.a.delete("replication_hints", &id, WriteCondition::Any)
@@ -479,19 +484,7 @@ async fn the_hints_collection_is_reserved() {
 #[tokio::test]
 async fn replay_pages_through_a_large_backlog() {
     let p = pair(false).await;
-    p.fb.set_down(true);
-    for i in 0..700 {
-        p.store
-            .put(
-                "cars",
-                &format!("v{i:04}"),
-                json!({"i": i}),
-                PutDocumentOptions::default(),
-            )
-            .await
-            .unwrap();
-    }
-    p.fb.set_down(false);
+    write_while_b_is_down(&p, 700).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     let mut copied = 0;
     while p.store.is_behind(1) {
