@@ -493,3 +493,35 @@ async fn replay_pages_through_a_large_backlog() {
     assert_eq!(copied, 700);
     assert_eq!(dump(&p.a, "cars").await, dump(&p.b, "cars").await);
 }
+
+#[tokio::test]
+async fn an_active_probe_notices_an_idle_member_going_down_and_coming_back() {
+    let a: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());
+    let b: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());
+    let fb = FaultInjector::new(9);
+    let store = ReplicationBuilder::new()
+        .member("a", a.clone())
+        .member("b", layers::document_store(b.clone(), fb.layer()))
+        .breaker(breaker())
+        .probe_interval(Duration::from_millis(50))
+        .build()
+        .await
+        .unwrap();
+    let state = |s: &ReplicatedDocumentStore| s.breaker(1).unwrap().state();
+    assert_eq!(state(&store), paas_components::layers::BreakerState::Closed);
+    // B dies while nobody calls it: the probe alone opens its breaker (without the probe it
+    // would stay closed until a request failed on it).
+    fb.set_down(true);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_ne!(state(&store), paas_components::layers::BreakerState::Closed);
+    assert!(fb.injected() >= 2, "the probe called B");
+    store
+        .put("cars", "v", json!({}), PutDocumentOptions::default())
+        .await
+        .unwrap();
+    assert!(store.is_behind(1), "the write was hinted for B");
+    // B comes back: the probe closes the breaker, still without client traffic.
+    fb.set_down(false);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(state(&store), paas_components::layers::BreakerState::Closed);
+}

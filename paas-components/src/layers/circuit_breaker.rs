@@ -581,6 +581,31 @@ impl CircuitBreaker {
         }
     }
 
+    /// Feeds the breaker from an active probe as well as from calls: every `interval`, `probe`
+    /// runs through the breaker like a call (so while the breaker is open it runs only once
+    /// the cool-down is over, as a half-open probe) and its outcome is recorded. A backend
+    /// that comes back is then noticed without waiting for client traffic, and one that dies
+    /// while idle is noticed before the next request. The task stops when the returned guard
+    /// is dropped (or the runtime ends); needs a tokio runtime.
+    pub fn spawn_probe<F, Fut>(&self, interval: Duration, probe: F) -> ProbeGuard
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let breaker = self.clone();
+        let interval = interval.max(Duration::from_millis(10));
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if let Ok(permit) = breaker.try_acquire() {
+                    let outcome = probe().await;
+                    permit.record(&outcome);
+                }
+            }
+        });
+        ProbeGuard { task }
+    }
+
     /// Forces the breaker open (e.g. an operator draining a cloud, or an active probe that
     /// failed). It probes again after the cool-down as usual.
     pub fn trip(&self, reason: &str) {
@@ -707,6 +732,18 @@ impl CircuitBreaker {
         for callback in callbacks {
             callback(t);
         }
+    }
+}
+
+/// Stops the active probe of [`CircuitBreaker::spawn_probe`] when dropped.
+#[derive(Debug)]
+pub struct ProbeGuard {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -894,6 +931,29 @@ mod tests {
             p.record(&Ok::<_, Error>(()));
         }
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_active_probe_closes_and_opens_without_client_traffic() {
+        let b = breaker(CircuitBreakerConfig {
+            consecutive_failures: 2,
+            open_for: Duration::from_secs(1),
+            successes_to_close: 2,
+            ..Default::default()
+        });
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let up = Arc::clone(&healthy);
+        let _guard = b.spawn_probe(Duration::from_millis(100), move || {
+            let up = up.load(std::sync::atomic::Ordering::SeqCst);
+            async move { if up { Ok(()) } else { fail() } }
+        });
+        // The backend is down and idle: the probe alone opens the breaker.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(b.state(), BreakerState::Open);
+        // It comes back: after the cool-down, two probe successes close the breaker.
+        healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

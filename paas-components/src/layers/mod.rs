@@ -51,7 +51,7 @@ mod timeout;
 
 pub use circuit_breaker::{
     BreakerSnapshot, BreakerState, CircuitBreaker, CircuitBreakerConfig, CircuitBreakerLayer,
-    CircuitBreakerService, FailurePredicate, Permit, SlidingWindow, Transition,
+    CircuitBreakerService, FailurePredicate, Permit, ProbeGuard, SlidingWindow, Transition,
 };
 pub use fault::{FaultInjector, FaultLayer, FaultService};
 pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit, RateLimitLayer};

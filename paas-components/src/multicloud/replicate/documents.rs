@@ -162,6 +162,8 @@ pub(crate) struct Inner {
     pub(crate) replay_wanted: Arc<Notify>,
     pub(crate) hints_written: AtomicU64,
     pub(crate) hints_replayed: AtomicU64,
+    /// Active probes of the members, stopped with the store.
+    pub(crate) probes: std::sync::Mutex<Vec<crate::layers::ProbeGuard>>,
 }
 
 /// A [`DocumentStore`] replicated active-active over several members (see the
@@ -1096,6 +1098,7 @@ impl ReplicatedDocumentStore {
                 replay_wanted: Arc::new(Notify::new()),
                 hints_written: AtomicU64::new(0),
                 hints_replayed: AtomicU64::new(0),
+                probes: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }

@@ -82,7 +82,9 @@
 //!
 //! Each member sits behind its own [`CircuitBreaker`]: a member that keeps failing is skipped
 //! without being called until its cool-down ends, so writes are acknowledged at the speed of
-//! the healthy cloud plus the hint. Errors name the member.
+//! the healthy cloud plus the hint. Errors name the member. With
+//! [`ReplicationBuilder::probe_interval`] an active probe feeds the breakers too, so a member
+//! that dies while idle is skipped before a request fails on it.
 //!
 //! The guarantees are checked against real servers in `tests/replication_documents.rs` (every
 //! acknowledged write recorded and found after heal, replay and repair; members identical; no
@@ -280,6 +282,7 @@ pub struct ReplicationBuilder {
     config: ReplicationConfig,
     origin: Option<String>,
     background: bool,
+    probe_interval: Option<Duration>,
 }
 
 impl ReplicationBuilder {
@@ -329,6 +332,15 @@ impl ReplicationBuilder {
         self
     }
 
+    /// Probes every member actively every `interval` (a read of the hints collection through
+    /// its breaker, see [`CircuitBreaker::spawn_probe`]): a member that comes back closes its
+    /// breaker, and its hints are replayed, without waiting for client traffic. Off by
+    /// default (the breakers then learn from calls only).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = Some(interval);
+        self
+    }
+
     /// No background replay task (replay only through
     /// [`ReplicatedDocumentStore::replay_hints`]); for tests that control every step.
     pub fn without_background_replay(mut self) -> Self {
@@ -365,6 +377,26 @@ impl ReplicationBuilder {
         store.recover().await;
         if self.background {
             store.start_background_replay();
+        }
+        if let (Some(interval), Ok(_)) =
+            (self.probe_interval, tokio::runtime::Handle::try_current())
+        {
+            let collection = store.inner.config.hints_collection.clone();
+            let guards = store
+                .inner
+                .members
+                .iter()
+                .map(|m| {
+                    let member = Arc::clone(&m.store);
+                    let collection = collection.clone();
+                    m.breaker.spawn_probe(interval, move || {
+                        let member = Arc::clone(&member);
+                        let collection = collection.clone();
+                        async move { member.get(&collection, "probe").await.map(|_| ()) }
+                    })
+                })
+                .collect();
+            *store.inner.probes.lock().unwrap_or_else(|e| e.into_inner()) = guards;
         }
         Ok(store)
     }
