@@ -10,6 +10,8 @@
 # AZURITE_PORT (10000), AZURITE_DIR (data dir, /var/tmp/azurite-ci), AZURE_TEST_CONTAINER
 # (test-container).
 set -euo pipefail
+# shellcheck source=../service-lib.sh
+source "$(dirname "$0")/../service-lib.sh"
 
 PREFIX="${AZURITE_PREFIX:-/opt/azurite}"
 PORT="${AZURITE_PORT:-10000}"
@@ -30,11 +32,13 @@ if [ ! -x "$BIN" ]; then
     npm install --prefix "$PREFIX" --no-audit --no-fund azurite >&2
 fi
 
+restart_if_orphaned "azurite-blob --blobHost 127.0.0.1 --blobPort $PORT"
 if ! listening; then
     mkdir -p "$DATA_DIR"
     log "starting azurite-blob on 127.0.0.1:$PORT (data in $DATA_DIR)"
-    nohup "$BIN" --blobHost 127.0.0.1 --blobPort "$PORT" --location "$DATA_DIR" \
-        --silent --skipApiVersionCheck --loose >"$DATA_DIR/azurite.log" 2>&1 &
+    # From / : a server must not depend on the checkout it was started from.
+    (cd / && exec nohup "$BIN" --blobHost 127.0.0.1 --blobPort "$PORT" --location "$DATA_DIR" \
+        --silent --skipApiVersionCheck --loose >"$DATA_DIR/azurite.log" 2>&1 </dev/null) &
     for _ in $(seq 1 120); do
         listening && break
         sleep 0.5

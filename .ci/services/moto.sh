@@ -15,6 +15,8 @@
 # MOTO_PORT (9010), MOTO_TEST_BUCKET (test-bucket), MOTO_LOG (/var/tmp/moto-ci.log).
 # moto accepts any credentials; the URL carries test-only values.
 set -euo pipefail
+# shellcheck source=../service-lib.sh
+source "$(dirname "$0")/../service-lib.sh"
 
 VERSION=5.2.5
 VENV="${MOTO_VENV:-/var/cache/multicloud-ci/moto-venv}"
@@ -38,9 +40,11 @@ if [ ! -x "$BIN" ] || [ ! -e "$MARKER" ]; then
     touch "$MARKER"
 fi
 
+restart_if_orphaned "moto_server -H 127.0.0.1 -p $PORT"
 if ! listening; then
     log "starting moto_server on 127.0.0.1:$PORT (log in $LOG)"
-    nohup "$BIN" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 &
+    # From / : a server must not depend on the checkout it was started from.
+    (cd / && exec nohup "$BIN" -H 127.0.0.1 -p "$PORT" >"$LOG" 2>&1 </dev/null) &
     for _ in $(seq 1 120); do
         listening && break
         sleep 0.5

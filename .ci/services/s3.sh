@@ -12,6 +12,8 @@
 # S3_PORT (9000), S3_DIR (data dir, /var/tmp/s3s-ci), S3_TEST_BUCKET (test-bucket),
 # S3_ACCESS_KEY / S3_SECRET_KEY (the local server's credentials; test-only values).
 set -euo pipefail
+# shellcheck source=../service-lib.sh
+source "$(dirname "$0")/../service-lib.sh"
 
 ROOT="${S3S_ROOT:-/work/tools}"
 PORT="${S3_PORT:-9000}"
@@ -40,10 +42,12 @@ fi
 # The bucket is a directory; create it before the server starts so the first request finds it.
 mkdir -p "$DATA_DIR/$BUCKET"
 
+restart_if_orphaned "s3s-fs --host 127.0.0.1 --port $PORT"
 if ! listening; then
     log "starting s3s-fs on 127.0.0.1:$PORT (data in $DATA_DIR)"
-    nohup "$BIN" --host 127.0.0.1 --port "$PORT" --access-key "$ACCESS_KEY" \
-        --secret-key "$SECRET_KEY" "$DATA_DIR" >"$DATA_DIR.log" 2>&1 &
+    # From / : a server must not depend on the checkout it was started from.
+    (cd / && exec nohup "$BIN" --host 127.0.0.1 --port "$PORT" --access-key "$ACCESS_KEY" \
+        --secret-key "$SECRET_KEY" "$DATA_DIR" >"$DATA_DIR.log" 2>&1 </dev/null) &
     for _ in $(seq 1 120); do
         listening && break
         sleep 0.5
