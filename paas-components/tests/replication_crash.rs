@@ -12,7 +12,7 @@ mod support;
 
 #[cfg(all(feature = "postgres", feature = "mysql"))]
 mod crash {
-    use super::support::{self, TcpProxy, jepsen};
+    use super::support::{self, TcpProxy, jepsen, target_of, via};
     use cloud_abstraction::DocumentStore;
     use cloud_abstraction::database::{PutDocumentOptions, WriteCondition};
     use cloud_abstraction::testkit::unique_name;
@@ -172,7 +172,7 @@ mod crash {
             return Ok(false);
         };
         let table = unique_name("crash_");
-        let proxy = TcpProxy::start(&target(&mysql)).await;
+        let proxy = TcpProxy::start(&target_of(&mysql)).await;
         let proxied = via(&mysql, proxy.addr());
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("ops.log");
@@ -240,22 +240,6 @@ mod crash {
         .await;
         drop_tables(&pg, &mysql, &table).await;
         outcome
-    }
-
-    fn via(url: &str, addr: std::net::SocketAddr) -> String {
-        let mut u = url::Url::parse(url).unwrap();
-        u.set_host(Some(&addr.ip().to_string())).unwrap();
-        u.set_port(Some(addr.port())).unwrap();
-        u.to_string()
-    }
-
-    fn target(url: &str) -> String {
-        let u = url::Url::parse(url).unwrap();
-        format!(
-            "{}:{}",
-            u.host_str().unwrap(),
-            u.port_or_known_default().unwrap()
-        )
     }
 
     async fn drop_tables(pg: &str, mysql: &str, table: &str) {

@@ -33,8 +33,8 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::TcpProxy;
 use support::jepsen::{self, Target, Workload};
+use support::{TcpProxy, target_of, via};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
@@ -54,23 +54,6 @@ fn duration() -> Duration {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30u64);
     Duration::from_secs(secs.clamp(2, 85))
-}
-
-/// `url` with its host and port replaced by `addr`.
-fn via(url: &str, addr: std::net::SocketAddr) -> String {
-    let mut u = url::Url::parse(url).unwrap();
-    u.set_host(Some(&addr.ip().to_string())).unwrap();
-    u.set_port(Some(addr.port())).unwrap();
-    u.to_string()
-}
-
-fn target_of(url: &str) -> String {
-    let u = url::Url::parse(url).unwrap();
-    format!(
-        "{}:{}",
-        u.host_str().unwrap(),
-        u.port_or_known_default().unwrap()
-    )
 }
 
 fn breaker() -> CircuitBreakerConfig {

@@ -388,25 +388,13 @@ async fn a_new_process_finds_the_hints_of_a_crashed_one() {
 #[tokio::test]
 async fn background_replay_drains_hints_after_the_member_returns() {
     let p = pair(true).await;
-    p.fb.set_down(true);
-    for i in 0..10 {
-        p.store
-            .put(
-                "cars",
-                &format!("v{i}"),
-                json!({"i": i}),
-                PutDocumentOptions::default(),
-            )
-            .await
-            .unwrap();
-    }
-    p.fb.set_down(false);
+    write_while_b_is_down(&p, 10).await;
     let mut waited = Duration::ZERO;
     while p.store.is_behind(1) && waited < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += Duration::from_millis(50);
         // Writes probe B: its breaker closes and the replay starts.
-        let _ = p.store.get("cars", "v0").await;
+        let _ = p.store.get("cars", "v0000").await;
         let _ = p
             .store
             .put("cars", "probe", json!({}), PutDocumentOptions::default())

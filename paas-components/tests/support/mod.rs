@@ -38,6 +38,24 @@ pub async fn server_url(var: &str, default: &str, probe_addr: &str) -> Option<St
     None
 }
 
+/// `url` with its host and port replaced by `addr` (to reach a server through a proxy).
+pub fn via(url: &str, addr: SocketAddr) -> String {
+    let mut u = url::Url::parse(url).expect("server URL");
+    u.set_host(Some(&addr.ip().to_string())).expect("host");
+    u.set_port(Some(addr.port())).expect("port");
+    u.to_string()
+}
+
+/// The `host:port` a server URL points at (a proxy's target).
+pub fn target_of(url: &str) -> String {
+    let u = url::Url::parse(url).expect("server URL");
+    format!(
+        "{}:{}",
+        u.host_str().expect("host"),
+        u.port_or_known_default().expect("port")
+    )
+}
+
 /// A loopback TCP proxy in front of a server. `cut()` drops every open connection and
 /// refuses new ones (they are accepted and closed at once); `restore()` lets traffic through
 /// again. Dropping the proxy stops it.

@@ -558,11 +558,7 @@ impl ReplicatedDocumentStore {
             .filter(|&i| matches!(&results[i], Some(Ok(_))))
             .collect();
         if holders.is_empty() {
-            let first = results
-                .iter()
-                .flatten()
-                .find_map(|r| r.as_ref().err())
-                .map(Error::clone_shallow);
+            let first = results.into_iter().flatten().find_map(Result::err);
             return Err(
                 first.unwrap_or_else(|| Error::unavailable(BACKEND, "no member took the write"))
             );
@@ -971,7 +967,7 @@ impl DocumentStore for ReplicatedDocumentStore {
                 expires_at: None,
             }));
         }
-        self.replicate_after_decider(&planned, decider).await?;
+        self.replicate(&planned, decider, false).await?;
         Ok(outcomes)
     }
 
@@ -1047,10 +1043,6 @@ impl DocumentStore for ReplicatedDocumentStore {
 }
 
 impl ReplicatedDocumentStore {
-    async fn replicate_after_decider(&self, planned: &[Planned], decider: usize) -> Result<()> {
-        self.replicate(planned, decider, false).await
-    }
-
     pub(crate) fn build(
         members: Vec<(String, Arc<dyn DocumentStore>, CircuitBreaker)>,
         origin: String,
@@ -1111,22 +1103,5 @@ impl ReplicatedDocumentStore {
     /// Conflicts reported so far by this handle.
     pub fn conflict_count(&self) -> u64 {
         self.inner.conflicts.count()
-    }
-}
-
-/// A shallow copy of an error (kind, status, backend, message), for reporting one error in
-/// two places; the source is not kept.
-trait CloneShallow {
-    fn clone_shallow(&self) -> Error;
-}
-
-impl CloneShallow for Error {
-    fn clone_shallow(&self) -> Error {
-        Error::new(
-            self.kind(),
-            self.backend().to_string(),
-            self.message().to_string(),
-        )
-        .with_status(self.status())
     }
 }
