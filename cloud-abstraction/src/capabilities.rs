@@ -87,6 +87,10 @@ impl CommonCapabilities for QueueCapabilities {
             dead_letter,
             deduplication,
             extend_deadline,
+            nack,
+            lease_expiry,
+            attempt_count,
+            portable_receipts,
             durable,
             max_message_size,
         } = self.clone();
@@ -97,6 +101,10 @@ impl CommonCapabilities for QueueCapabilities {
             dead_letter: dead_letter && other.dead_letter,
             deduplication: deduplication && other.deduplication,
             extend_deadline: extend_deadline && other.extend_deadline,
+            nack: nack && other.nack,
+            lease_expiry: lease_expiry && other.lease_expiry,
+            attempt_count: attempt_count && other.attempt_count,
+            portable_receipts: portable_receipts && other.portable_receipts,
             durable: durable && other.durable,
             max_message_size: min_limit(max_message_size, other.max_message_size),
         }
@@ -141,14 +149,8 @@ mod tests {
     #[test]
     fn a_capability_counts_only_if_every_member_has_it() {
         let full = QueueCapabilities {
-            nack_delay: true,
-            delayed_delivery: true,
-            ordering_keys: true,
-            dead_letter: true,
-            deduplication: true,
-            extend_deadline: true,
-            durable: true,
             max_message_size: Some(1 << 20),
+            ..QueueCapabilities::full()
         };
         let weak = QueueCapabilities {
             dead_letter: false,

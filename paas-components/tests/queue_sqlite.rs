@@ -38,6 +38,18 @@ async fn conformance_file() {
     assert_eq!(report.passed.len(), queue::cases().len());
 }
 
+/// Two opens of one file are two handles to one queue: receipts work across them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_conformance_two_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn MessageQueue> =
+        Arc::new(SqliteQueue::connect(&url(&dir, "q.db")).await.unwrap());
+    let b: Arc<dyn MessageQueue> =
+        Arc::new(SqliteQueue::connect(&url(&dir, "q.db")).await.unwrap());
+    let report = queue::run_peer_suite(a, b).await;
+    assert_eq!(report.passed.len(), queue::peer_cases().len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_in_memory() {
     let q: Arc<dyn MessageQueue> = Arc::new(SqliteQueue::connect("sqlite::memory:").await.unwrap());

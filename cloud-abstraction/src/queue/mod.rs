@@ -45,6 +45,21 @@ pub struct QueueCapabilities {
     pub deduplication: bool,
     /// Extending a lease ([`MessageQueue::extend_deadline`]).
     pub extend_deadline: bool,
+    /// Negative acknowledgement ([`MessageQueue::nack`]): a delivery given back is delivered
+    /// again without reconnecting. Without it `nack` fails with
+    /// [`Unsupported`](crate::ErrorKind::Unsupported) (MQTT redelivers only on a new session).
+    pub nack: bool,
+    /// A lease that runs out (no ack within the group's ack deadline) makes the message
+    /// deliverable again by itself. Without it an unacknowledged message stays with its
+    /// consumer until that consumer's session ends (MQTT).
+    pub lease_expiry: bool,
+    /// [`ReceivedMessage::attempt`] counts the deliveries; without it every delivery says 1.
+    pub attempt_count: bool,
+    /// A receipt may be used from another handle (another connection or process) to the same
+    /// queue. Without it, a receipt from another handle fails with
+    /// [`Unsupported`](crate::ErrorKind::Unsupported) rather than touching some other
+    /// delivery (AMQP delivery tags are per channel; leases kept by the client are per process).
+    pub portable_receipts: bool,
     /// Messages survive a restart of the process / server.
     pub durable: bool,
     /// Largest message body, in bytes.
@@ -61,12 +76,17 @@ impl QueueCapabilities {
             dead_letter: true,
             deduplication: true,
             extend_deadline: true,
+            nack: true,
+            lease_expiry: true,
+            attempt_count: true,
+            portable_receipts: true,
             durable: true,
             max_message_size: Some(1024 * 1024),
         }
     }
 
-    /// Only publish / receive / ack / nack without delay.
+    /// Only publish / receive / ack / nack without delay, with leases that expire, receipts
+    /// valid only on the handle that received them.
     pub fn minimal() -> Self {
         Self {
             nack_delay: false,
@@ -75,6 +95,10 @@ impl QueueCapabilities {
             dead_letter: false,
             deduplication: false,
             extend_deadline: false,
+            nack: true,
+            lease_expiry: true,
+            attempt_count: true,
+            portable_receipts: false,
             durable: false,
             max_message_size: Some(1024 * 1024),
         }

@@ -262,8 +262,13 @@ pub fn lease(backend: &'static str, what: &str, lease: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Checks a nack delay against [`MAX_DELAY`] and the backend's capabilities.
+/// Checks a nack (the backend must claim [`nack`](QueueCapabilities::nack), and
+/// [`nack_delay`](QueueCapabilities::nack_delay) for a delay) and its delay against
+/// [`MAX_DELAY`].
 pub fn nack_delay(backend: &'static str, caps: &QueueCapabilities, delay: Duration) -> Result<()> {
+    if !caps.nack {
+        return Err(Error::unsupported(backend, "nack"));
+    }
     if !delay.is_zero() && !caps.nack_delay {
         return Err(Error::unsupported(backend, "nack with a delay"));
     }

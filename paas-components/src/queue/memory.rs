@@ -127,6 +127,7 @@ impl MemoryQueue {
             capabilities: {
                 let mut caps = QueueCapabilities::full();
                 caps.durable = false;
+                caps.portable_receipts = false;
                 caps
             },
         }
@@ -155,9 +156,13 @@ impl MemoryQueue {
 
     /// The same queue, claiming (and enforcing) only `capabilities`: operations outside them
     /// fail with [`Unsupported`](ErrorKind::Unsupported). For testing code against the
-    /// limits of smaller backends; `durable` is always false.
+    /// limits of smaller backends. `durable` and `portable_receipts` are always false (the
+    /// queue lives in one process); leases always expire and attempts are always counted.
     pub fn with_capabilities(mut self, mut capabilities: QueueCapabilities) -> Self {
         capabilities.durable = false;
+        capabilities.portable_receipts = false;
+        capabilities.lease_expiry = true;
+        capabilities.attempt_count = true;
         self.capabilities = capabilities;
         self
     }

@@ -20,6 +20,7 @@
 //! [`PreconditionFailed`](cloud_abstraction::ErrorKind::PreconditionFailed), as do nack and
 //! extend of a message that is no longer pending.
 
+pub(crate) mod emulation;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "sqlite")]

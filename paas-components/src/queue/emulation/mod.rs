@@ -1,0 +1,10 @@
+//! What several server queues must emulate because their broker does not do it, written once.
+//!
+//! Each piece is a file, used by every backend that needs it:
+//! - [`receipt`]: receipts that name the handle that received them, so a receipt used on
+//!   another handle is refused (`Unsupported`) where the broker's handle is per connection,
+//!   and malformed ones are `InvalidArgument`.
+
+#![allow(dead_code)] // which pieces are used depends on the enabled backends
+
+pub(crate) mod receipt;
