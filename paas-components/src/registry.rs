@@ -9,6 +9,7 @@
 //! | `sqlite:///path.db`, `sqlite::memory:` | document store, queue | SQLite | `sqlite` (default) | local |
 //! | `process://` | compute | local child processes | `process` (default) | local |
 //! | `sim://` | compute | simulator (nothing runs) | `sim` (default) | local |
+//! | `docker://[/socket]`, `unix:///socket` | compute | Docker Engine over its unix socket | `docker` | local |
 //! | `postgres://…`, `postgresql://…` | document store | PostgreSQL | `postgres` | unknown |
 //! | `mysql://…`, `mariadb://…` | document store | MariaDB / MySQL | `mysql` | unknown |
 //! | `redis://…` | document store | Redis | `redis` | unknown |
@@ -227,6 +228,16 @@ fn table() -> Vec<Row> {
         ),
         row("sim", "sim", Open::Compute(compiled!("sim", open::sim))),
         row(
+            "docker",
+            "docker",
+            Open::Compute(compiled!("docker", open::docker)),
+        ),
+        row(
+            "unix",
+            "docker",
+            Open::Compute(compiled!("docker", open::docker)),
+        ),
+        row(
             "postgres",
             "postgres",
             Open::Document(compiled!("postgres", open::postgres)),
@@ -406,6 +417,14 @@ mod open {
                 as Arc<dyn Compute>
         });
         Box::pin(async move { opened })
+    }
+
+    #[cfg(feature = "docker")]
+    pub(super) fn docker(url: ResourceUrl, _: &Shared) -> Opening<dyn Compute> {
+        Box::pin(async move {
+            let compute = crate::compute::DockerCompute::from_url(&url).await?;
+            Ok(Arc::new(compute) as Arc<dyn Compute>)
+        })
     }
 
     #[cfg(feature = "sim")]

@@ -36,7 +36,8 @@
 //! - Not supported (`Unsupported`): images, and cpu/memory limits (no cgroups here).
 //! - Unix only (process groups and signals).
 
-use super::engine::{Attempt, Engine, RunContext, Runner, lock, port_env};
+use super::engine::{Attempt, Engine, RunContext, Runner, lock};
+use super::spec::port_env;
 use async_trait::async_trait;
 use cloud_abstraction::compute::{
     Compute, ComputeCapabilities, LogOptions, LogPage, LogStream, WorkloadSpec, WorkloadStatus,

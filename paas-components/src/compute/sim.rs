@@ -20,7 +20,8 @@
 //!   not enforced: nothing consumes anything). Endpoints are made-up addresses
 //!   `<workload>-<index>.sim:<port>`. Instance ids are `sim-<n>`, new for every run.
 
-use super::engine::{Attempt, Engine, RunContext, Runner, port_env};
+use super::engine::{Attempt, Engine, RunContext, Runner};
+use super::spec::port_env;
 use async_trait::async_trait;
 use cloud_abstraction::compute::{
     Compute, ComputeCapabilities, LogOptions, LogPage, LogStream, WorkloadSpec, WorkloadStatus,
