@@ -275,6 +275,13 @@ async fn missing_images_and_bad_urls_are_typed_errors() {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }
+    if socket == paas_components::compute::docker::DEFAULT_SOCKET {
+        let default = paas_components::registry::open_compute("docker://")
+            .await
+            .unwrap();
+        assert_eq!(default.info().backend, "docker");
+        assert!(default.get(&name).await.unwrap().is_none());
+    }
     let err = paas_components::registry::open_compute("docker:///nonexistent/docker.sock")
         .await
         .unwrap_err();

@@ -102,34 +102,6 @@
 //! Concurrent writers: one handle serializes its own `apply`/`scale`/`delete`; two handles
 //! writing the same workload at once may both write a record (the higher generation wins)
 //! but never duplicate a container.
-//!
-//! # Kubernetes (not built: no API server can run on these machines)
-//!
-//! A Kubernetes backend maps onto the trait one to one, and would be tested with this kit
-//! where a cluster exists:
-//!
-//! - A workload is a `Deployment` named after it (for `RestartPolicy::Always`), or a `Job`
-//!   with `completions = parallelism = replicas` (for `OnFailure`/`Never`, whose pod
-//!   `restartPolicy` Kubernetes allows only on Jobs). The spec in force is the object's
-//!   `spec`; the generation is `metadata.generation` (Kubernetes bumps it on every spec
-//!   change, and not on label changes, so labels live on the object's `metadata.labels` and
-//!   a label change bumps an annotation `multicloud/generation` instead). `apply` is
-//!   server-side apply with a field manager; an identical spec changes nothing.
-//! - Labels: the user's labels on the Deployment, plus `multicloud/workload=<name>` on the
-//!   pod template, which is the Deployment's selector; `list` is a label-selector list.
-//! - `scale` is the `scale` subresource (`PATCH .../deployments/<name>/scale`), which keeps
-//!   the pods; any other spec change is a new ReplicaSet (`strategy: Recreate` to match the
-//!   "stop all, then start all" of the other backends, or `RollingUpdate` if wanted).
-//! - Instances are the pods (`multicloud/workload=<name>`), ordered by creation for the
-//!   index (pods have no stable index outside StatefulSets); `restarts` is the container's
-//!   `restartCount`, `exit_code` its `lastState.terminated.exitCode`; ready means the pod's
-//!   `Ready` condition. Ports are `containerPort`s; endpoints are pod IPs (or a Service).
-//! - Limits are `resources.limits` (`cpu: <millis>m`, `memory: <mib>Mi`); commands without
-//!   an image run in a default image, as here.
-//! - Logs are `GET .../pods/<pod>/log?timestamps=true&sinceTime=…` per pod, merged by
-//!   timestamp exactly as here (`follow=true` for the stream).
-//! - `delete` deletes the Deployment with `propagationPolicy=Foreground`; an API server that
-//!   cannot be reached, 429 and 5xx are `Unavailable`.
 
 use super::spec::{port_env, same_program, validate_spec, workload_phase};
 use async_trait::async_trait;

@@ -4,8 +4,7 @@
 //! |---|---|---|---|
 //! | [`ProcessCompute`] (`"process"`) | `process` | each replica is a local child process | commands only, no images, no resource limits |
 //! | [`SimCompute`] (`"sim"`) | `sim` | **nothing**: a simulation | for planning and demos; `capabilities().simulated` is true |
-//!
-//! A container backend (Docker) is planned, not built.
+//! | `DockerCompute` (`"docker"`) | `docker` | each replica is a container of a Docker Engine | state lives in the engine; command specs run in a default image; images are not pulled (see [its docs](self#docker)) |
 //!
 //! Both embedded backends share one desired-state engine (private to this module): a map of
 //! workloads, each with its spec in force, its generation, a bounded log ring with global
@@ -14,7 +13,8 @@
 //! back-off of 100 ms doubling up to 5 s (reset after a run of 10 s or more). They differ
 //! only in how one run of a program happens.
 //!
-//! Semantics common to both:
+//! Semantics common to all three (the Docker backend applies the same rules, from
+//! `spec.rs`, to the state it keeps in the engine):
 //!
 //! - `apply` of an identical spec changes nothing. A change of labels only bumps the
 //!   generation. A change of replicas only scales in place (keeps the running instances). Any
@@ -29,8 +29,48 @@
 //!   env names without `=`/NUL, no NUL in args or values, port names valid and unique, ports
 //!   not 0; a field the backend cannot honour (an image, limits, ports) is
 //!   [`Unsupported`](cloud_abstraction::ErrorKind::Unsupported), never silently ignored.
-//! - Logs keep the last 10 000 lines per workload (across restarts and replacements) and go
+//! - The embedded backends' logs keep the last 10 000 lines per workload (across restarts and replacements) and go
 //!   away with the workload.
+//!
+//! # Docker
+//!
+//! `DockerCompute` (feature `docker`, module `docker`) reaches a Docker Engine over its unix
+//! socket with bollard; its module docs describe the storage layout (workload records as
+//! volumes, replicas as labelled containers), the semantics and the failure behaviour.
+//!
+//! # Kubernetes (not built)
+//!
+//! No Kubernetes API server can run on the machines this crate is tested on, so there is no
+//! Kubernetes backend (a faked API server would test nothing). Where a cluster exists, one
+//! maps onto [`Compute`](cloud_abstraction::Compute) like this, and is tested with the same
+//! kit:
+//!
+//! - **Workload**: a `Deployment` named after it for `RestartPolicy::Always`; a `Job` with
+//!   `completions = parallelism = replicas` for `OnFailure`/`Never` (Kubernetes allows
+//!   those pod `restartPolicy` values only on Jobs). `apply` is server-side apply with one
+//!   field manager, so an identical spec changes nothing. The spec in force is recorded in
+//!   an annotation (`multicloud/spec`) as JSON; the generation is an annotation
+//!   `multicloud/generation` bumped on every spec change (Kubernetes' own
+//!   `metadata.generation` does not move on label changes, which this trait counts).
+//! - **Labels**: the user's labels go on the Deployment's `metadata.labels` (a change there
+//!   restarts nothing); `multicloud/workload=<name>` goes on the pod template and is the
+//!   Deployment's selector. `list` is a label-selector list of Deployments (and Jobs).
+//! - **Scale**: the `scale` subresource (`PATCH .../deployments/<name>/scale`), which keeps
+//!   the running pods. Any other spec change is a new ReplicaSet; `strategy: Recreate`
+//!   matches the "stop all, then start all" of the other backends.
+//! - **Instances** are the pods with `multicloud/workload=<name>`, indexed in creation order
+//!   (outside StatefulSets pods have no stable index); `restarts` is the container's
+//!   `restartCount`, `exit_code` its `lastState.terminated.exitCode` (or
+//!   `state.terminated.exitCode`), running means the pod's `Ready` condition. Ports are
+//!   `containerPort`s; endpoints are pod IPs (or a Service's address).
+//! - **Limits**: `resources.limits` (`cpu: <millis>m`, `memory: <mib>Mi`). Command specs
+//!   without an image run in a default image, as with Docker.
+//! - **Logs**: `GET .../pods/<pod>/log?timestamps=true&sinceTime=…` per pod, merged by
+//!   timestamp with the timestamp as the sequence, as the Docker backend does; `follow=true`
+//!   for a stream.
+//! - **Delete**: delete the Deployment with `propagationPolicy=Foreground` (returns once the
+//!   pods are gone). An unreachable API server, 429 and 5xx are `Unavailable`; 409 on apply
+//!   (a conflict between field managers) is `PreconditionFailed`.
 
 #[cfg(feature = "docker")]
 pub mod docker;
