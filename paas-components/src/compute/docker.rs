@@ -103,7 +103,7 @@
 //! writing the same workload at once may both write a record (the higher generation wins)
 //! but never duplicate a container.
 
-use super::spec::{port_env, same_program, validate_spec, workload_phase};
+use super::spec::{check_replicas, port_env, same_program, validate_spec, workload_phase};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -906,7 +906,7 @@ impl Compute for DockerCompute {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, workload = %name, replicas), err(level = "debug"))]
     async fn scale(&self, name: &str, replicas: u32) -> Result<WorkloadStatus> {
         self.check_name(name)?;
-        super::spec::check_replicas(BACKEND, replicas)?;
+        check_replicas(BACKEND, replicas)?;
         let _writing = self.writes.lock().await;
         let mut record = self
             .read_record(name)
