@@ -743,6 +743,93 @@ pub mod placement {
         }
         Ok(out)
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use cloud_placement::model::{Provider, Region, Unit};
+        use cloud_placement::solve;
+
+        fn model(capacity: f64) -> Model {
+            let region = |id: &str, near: &str| Region {
+                id: id.into(),
+                capacity: BTreeMap::from([("cpu".into(), capacity)]),
+                price: BTreeMap::from([("cpu".into(), 1.0)]),
+                latency_ms: BTreeMap::from([
+                    ("north".into(), if near == "north" { 10.0 } else { 40.0 }),
+                    ("south".into(), if near == "south" { 10.0 } else { 40.0 }),
+                ]),
+                ..Region::default()
+            };
+            let provider = |id: &str, region_id: &str, near: &str| Provider {
+                id: id.into(),
+                regions: vec![region(region_id, near)],
+                ..Provider::default()
+            };
+            let units = ["north", "north", "south"]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, users)| {
+                    ["api", "db"].map(|kind| Unit {
+                        id: format!("cell-{i}-{kind}"),
+                        cell: Some(format!("cell-{i}")),
+                        demand: BTreeMap::from([("cpu".into(), 10.0)]),
+                        replicas: 1,
+                        user_regions: vec![users.to_string()],
+                        colocate: Some(format!("cell-{i}")),
+                        ..Unit::default()
+                    })
+                })
+                .collect();
+            Model {
+                dimensions: vec!["cpu".into()],
+                providers: vec![provider("aws", "aws-1", "north"), provider("azure", "azure-1", "south")],
+                units,
+                weights: cloud_placement::model::Weights {
+                    latency: 1.0,
+                    ..Default::default()
+                },
+                ..Model::default()
+            }
+        }
+
+        #[test]
+        fn a_survivable_plan_gives_each_cell_its_home_and_standby() {
+            let m = model(100.0);
+            let options = SolveOptions {
+                survivable: true,
+                explain: false,
+                ..SolveOptions::default()
+            };
+            let plan = solve(&m, &options).unwrap().plan;
+            let cells = cells_from_plan(&m, &plan).unwrap();
+            let pairs: Vec<(&str, &str, &str)> = cells
+                .iter()
+                .map(|c| (c.cell.as_str(), c.home.as_str(), c.standby.as_str()))
+                .collect();
+            assert_eq!(
+                pairs,
+                [
+                    ("cell-0", "aws", "azure"),
+                    ("cell-1", "aws", "azure"),
+                    ("cell-2", "azure", "aws")
+                ]
+            );
+            let table = super::super::RoutingTable::from_placements(cells).unwrap();
+            assert_eq!(table.cells().len(), 3);
+        }
+
+        #[test]
+        fn a_plan_that_cannot_survive_a_provider_is_refused() {
+            // Room for the cells of one side only: losing either cloud cannot be absorbed.
+            let m = model(45.0);
+            let plan = solve(&m, &SolveOptions { explain: false, ..SolveOptions::default() })
+                .unwrap()
+                .plan;
+            let error = cells_from_plan(&m, &plan).unwrap_err();
+            assert!(error.message().contains("not survivable"), "{error}");
+        }
+    }
 }
 
 #[cfg(test)]

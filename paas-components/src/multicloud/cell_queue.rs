@@ -30,7 +30,8 @@
 //!    again.
 //!
 //! What this does not cover: a consumer that dies after its effect but before marking the
-//! record `done` leaves a `running` claim that is taken over after the lease, and the effect
+//! record `done` (or whose `done` write fails: the effect is still reported as executed)
+//! leaves a `running` claim that is taken over after the lease, and the effect
 //! runs again. Effects that write to the same store keyed by the message id (or that are
 //! idempotent themselves) close that gap. With a [replicated store](super::replicate) the
 //! create is decided by the id's home member (see
@@ -213,7 +214,7 @@ impl IdempotentConsumer {
             .await
         {
             Ok(revision) => revision,
-            Err(e) if e.kind() == ErrorKind::PreconditionFailed => {
+            Err(e) if matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed) => {
                 let Some(existing) = self.store.get(&self.collection, id).await? else {
                     // Released between our create and our read: let the redelivery retry.
                     return Err(Error::unavailable(
@@ -248,14 +249,17 @@ impl IdempotentConsumer {
                 let value = serde_json::to_value(&result).map_err(|e| {
                     Error::invalid(BACKEND, format!("the result is not JSON: {e}"))
                 })?;
-                self.store
-                    .put(
-                        &self.collection,
-                        id,
-                        json!({"state": "done", "owner": self.owner, "at_ms": now_ms(), "result": value}),
-                        PutDocumentOptions::if_revision(revision),
-                    )
-                    .await?;
+                let done = json!({"state": "done", "owner": self.owner, "at_ms": now_ms(), "result": value});
+                if let Err(e) = self
+                    .store
+                    .put(&self.collection, id, done, PutDocumentOptions::if_revision(revision))
+                    .await
+                {
+                    // The effect ran: report it (the caller acks). The record stays
+                    // `running` until the lease ends; only a redelivery after that runs it
+                    // again.
+                    tracing::warn!(id, error = %e, "effect executed but its record not marked done");
+                }
                 Ok(Delivery::Executed(result))
             }
             Err(e) => {
@@ -275,6 +279,60 @@ mod tests {
     use super::*;
     use crate::database::MemoryDocumentStore;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn a_publish_fails_over_to_the_standby_with_its_id() {
+        use crate::layers::{self, CircuitBreaker, CircuitBreakerConfig, FaultInjector};
+        use crate::multicloud::cell::{CloudHealth, RouterConfig, RoutingTable};
+        use crate::queue::MemoryQueue;
+        use cloud_abstraction::queue::{GroupOptions, ReceiveOptions};
+        let breaker_a = CircuitBreaker::new("a", CircuitBreakerConfig::default()).unwrap();
+        let breaker_b = CircuitBreaker::new("b", CircuitBreakerConfig::default()).unwrap();
+        let raw_a: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
+        let raw_b: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
+        for q in [&raw_a, &raw_b] {
+            q.create_topic("t").await.unwrap();
+            q.create_group("t", "g", GroupOptions::default()).await.unwrap();
+        }
+        let fault = FaultInjector::new(1);
+        let a = layers::message_queue(
+            Arc::clone(&raw_a),
+            tower::ServiceBuilder::new()
+                .layer(breaker_a.layer())
+                .layer(fault.layer()),
+        );
+        let b = layers::message_queue(Arc::clone(&raw_b), breaker_b.layer());
+        let table = RoutingTable::new()
+            .weighted_cell("c", "a", "b", 0.0)
+            .unwrap()
+            .explicit("WVW-1", "c")
+            .unwrap();
+        let router = CellRouter::new(
+            table,
+            vec![CloudHealth::new("a", breaker_a.clone()), CloudHealth::new("b", breaker_b)],
+            RouterConfig::default(),
+        )
+        .unwrap();
+        let publisher =
+            CellPublisher::new(router.clone(), [("a".to_string(), a), ("b".to_string(), b)]).unwrap();
+        let home = publisher.publish("WVW-1", "t", Message::new("x")).await.unwrap();
+        assert_eq!((home.cloud.as_str(), home.failed_over), ("a", false));
+        fault.set_down(true);
+        let moved = publisher
+            .publish("WVW-1", "t", Message::new("y").with_id("cmd-2"))
+            .await
+            .unwrap();
+        assert_eq!((moved.cloud.as_str(), moved.id.as_str(), moved.failed_over), ("b", "cmd-2", true));
+        let got = raw_b.receive("t", "g", ReceiveOptions::default()).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, "cmd-2");
+        // Enough failures open a's breaker: the cell moves, publishes go to b directly.
+        for _ in 0..5 {
+            publisher.publish("WVW-1", "t", Message::new("z")).await.unwrap();
+        }
+        assert_eq!(router.route("WVW-1").unwrap().cloud, "b");
+        assert!(publisher.publish("nobody", "t", Message::new("z")).await.is_err());
+    }
 
     #[tokio::test]
     async fn each_id_runs_once_and_failures_release_the_claim() {
