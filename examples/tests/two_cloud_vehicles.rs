@@ -63,22 +63,32 @@ fn check_summary(output: &str) {
     assert_eq!(figure(output, "executed exactly once"), acked);
     assert_eq!(figure(output, "lost"), 0);
     assert_eq!(figure(output, "executed twice"), 0);
-    assert!(output.contains("both clouds identical:              yes"), "{output}");
+    assert!(
+        output.contains("both clouds identical:              yes"),
+        "{output}"
+    );
     // Cells of cloud A moved to B during the outage, and came back after the drain.
     for cell in ["cell-1", "cell-2"] {
         assert!(
-            output.contains(&format!("{cell} moved cloud-a -> cloud-b (home breaker open")),
+            output.contains(&format!(
+                "{cell} moved cloud-a -> cloud-b (home breaker open"
+            )),
             "{cell} did not fail over"
         );
         assert!(
-            output.contains(&format!("{cell} moved cloud-b -> cloud-a (home recovered and drained)")),
+            output.contains(&format!(
+                "{cell} moved cloud-b -> cloud-a (home recovered and drained)"
+            )),
             "{cell} did not come back"
         );
     }
     assert!(output.contains("outage detected: cloud-a breaker open"));
     assert!(output.contains("hints replayed"));
     assert!(output.contains("repair done"));
-    assert!(figure(output, "peak hint backlog") > 0, "the outage left no hints?");
+    assert!(
+        figure(output, "peak hint backlog") > 0,
+        "the outage left no hints?"
+    );
 }
 
 #[test]
@@ -89,7 +99,11 @@ fn embedded_clouds_lose_nothing_and_execute_once() {
     check_summary(&output);
     let drawing = std::fs::read_to_string(&svg).expect("svg written");
     assert!(drawing.starts_with("<svg") && drawing.contains("cloud-a down"));
-    assert_eq!(drawing.matches("<polyline").count(), 2, "one line per cloud");
+    assert_eq!(
+        drawing.matches("<polyline").count(),
+        2,
+        "one line per cloud"
+    );
     let _ = std::fs::remove_file(&svg);
 }
 
@@ -116,7 +130,9 @@ fn server_url(var: &str, default: &str) -> Option<String> {
     if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_SERVERS").is_some() {
         panic!("{var}: server at {addr} is not reachable, and CI requires it");
     }
-    eprintln!("\n!!!!!!!! SKIPPED: no server at {addr} for {var}; this test did NOT run. !!!!!!!!\n");
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: no server at {addr} for {var}; this test did NOT run. !!!!!!!!\n"
+    );
     None
 }
 
@@ -125,21 +141,30 @@ fn server_url(var: &str, default: &str) -> Option<String> {
 #[cfg(feature = "servers")]
 #[test]
 fn postgres_and_mariadb_clouds_lose_nothing_and_execute_once() {
-    let Some(postgres) = server_url("POSTGRES_TEST_URL", "postgres://postgres@127.0.0.1:5432/test")
-    else {
+    let Some(postgres) = server_url(
+        "POSTGRES_TEST_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    ) else {
         return;
     };
     let Some(mysql) = server_url("MYSQL_TEST_URL", "mysql://root@127.0.0.1:3306/test") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("two-cloud-vehicles-servers-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("two-cloud-vehicles-servers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let output = run(
         &[
             ("CLOUD_A_DOCUMENTS", postgres),
-            ("CLOUD_A_QUEUE", format!("sqlite://{}/a-queue.db", dir.display())),
+            (
+                "CLOUD_A_QUEUE",
+                format!("sqlite://{}/a-queue.db", dir.display()),
+            ),
             ("CLOUD_B_DOCUMENTS", mysql),
-            ("CLOUD_B_QUEUE", format!("sqlite://{}/b-queue.db", dir.display())),
+            (
+                "CLOUD_B_QUEUE",
+                format!("sqlite://{}/b-queue.db", dir.display()),
+            ),
         ],
         None,
     );

@@ -46,7 +46,8 @@ use cloud_abstraction::{Error, MessageQueue, ResourceUrl, Result};
 use cloud_placement::model::{Model, Provider, Region, Unit};
 use cloud_placement::{SolveOptions, solve};
 use paas_components::layers::{
-    self, BreakerState, CircuitBreaker, CircuitBreakerConfig, FaultInjector, SlidingWindow, TimeoutLayer,
+    self, BreakerState, CircuitBreaker, CircuitBreakerConfig, FaultInjector, SlidingWindow,
+    TimeoutLayer,
 };
 use paas_components::multicloud::cell::{self, CellPlacement};
 use paas_components::multicloud::{
@@ -96,7 +97,7 @@ fn parse_args() -> std::result::Result<Args, String> {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         let seconds = |v: String| -> std::result::Result<f64, String> {
             match v.parse::<f64>() {
-                Ok(s) if s.is_finite() && s >= 0.0 && s <= 3600.0 => Ok(s),
+                Ok(s) if (0.0..=3600.0).contains(&s) => Ok(s),
                 _ => Err(format!("bad number of seconds `{v}`")),
             }
         };
@@ -127,16 +128,15 @@ fn parse_args() -> std::result::Result<Args, String> {
 fn urls(config: Option<&Path>, tmp: &Path) -> Result<(BTreeMap<String, String>, bool)> {
     let mut file = BTreeMap::new();
     if let Some(path) = config {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::invalid(NAME, format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(NAME, format!("cannot read {}: {e}", path.display())))?;
         for line in text.lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line.split_once('=').ok_or_else(|| {
-                Error::invalid(NAME, "config lines are NAME=value".to_string())
-            })?;
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| Error::invalid(NAME, "config lines are NAME=value".to_string()))?;
             file.insert(k.trim().to_string(), v.trim().to_string());
         }
     }
@@ -267,7 +267,11 @@ fn networked(url: &str) -> bool {
 
 /// Opens `name`'s backends. For the cloud to be cut (`cut`), a TCP backend is reached through
 /// a proxy and a file-based one through the fault injector.
-async fn open_cloud(name: &'static str, urls: &BTreeMap<String, String>, cut: bool) -> Result<Cloud> {
+async fn open_cloud(
+    name: &'static str,
+    urls: &BTreeMap<String, String>,
+    cut: bool,
+) -> Result<Cloud> {
     let prefix = name.to_uppercase().replace('-', "_");
     let fault = FaultInjector::new(7);
     let mut proxies = Vec::new();
@@ -278,8 +282,9 @@ async fn open_cloud(name: &'static str, urls: &BTreeMap<String, String>, cut: bo
             reach.push(url);
             continue;
         }
-        let target = target_of(&url)
-            .ok_or_else(|| Error::invalid(NAME, format!("{} has no host and port", redact(&url))))?;
+        let target = target_of(&url).ok_or_else(|| {
+            Error::invalid(NAME, format!("{} has no host and port", redact(&url)))
+        })?;
         let proxy = TcpProxy::start(&target)
             .await
             .map_err(|e| Error::internal(NAME, format!("cannot start a proxy: {e}")))?;
@@ -349,7 +354,7 @@ struct Acked {
 }
 
 fn svg(path: &Path, seconds: f64, outage: (f64, f64), acked: &[Acked]) -> std::io::Result<()> {
-    let buckets = seconds.ceil() as usize + 1;
+    let buckets = (seconds.ceil() as usize).max(1);
     let mut per: BTreeMap<&str, Vec<u32>> = CLOUDS.iter().map(|c| (*c, vec![0; buckets])).collect();
     for a in acked {
         let b = ((a.at_ms / 1000) as usize).min(buckets - 1);
@@ -395,7 +400,7 @@ fn svg(path: &Path, seconds: f64, outage: (f64, f64), acked: &[Acked]) -> std::i
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
              <text x=\"{:.1}\" y=\"{}\" fill=\"{color}\">{cloud}</text>\n",
             points.join(" "),
-            left + 250.0 + 90.0 * i as f64,
+            left + 420.0 + 90.0 * i as f64,
             18
         ));
     }
@@ -404,7 +409,10 @@ fn svg(path: &Path, seconds: f64, outage: (f64, f64), acked: &[Acked]) -> std::i
 }
 
 /// Every document of `collection` in a member, raw (envelopes), by id.
-async fn dump(store: &dyn DocumentStore, collection: &str) -> Result<BTreeMap<String, serde_json::Value>> {
+async fn dump(
+    store: &dyn DocumentStore,
+    collection: &str,
+) -> Result<BTreeMap<String, serde_json::Value>> {
     let mut out = BTreeMap::new();
     let mut query = Query::all().limit(1000);
     loop {
@@ -435,7 +443,10 @@ async fn run(args: Args) -> Result<bool> {
     let topic = format!("vehicle-commands-{run_id}");
     let group = "executors";
 
-    println!("{NAME}: connected-vehicle commands on two clouds ({} mode)", if servers { "servers" } else { "embedded" });
+    println!(
+        "{NAME}: connected-vehicle commands on two clouds ({} mode)",
+        if servers { "servers" } else { "embedded" }
+    );
     for (var, url) in &urls {
         println!("  {var:18} {}", redact(url));
     }
@@ -482,8 +493,14 @@ async fn run(args: Args) -> Result<bool> {
         .await?;
     // One breaker per cloud, shared by its document member and its queue.
     let breakers = [
-        store.breaker(0).cloned().ok_or_else(|| Error::internal(NAME, "no member 0"))?,
-        store.breaker(1).cloned().ok_or_else(|| Error::internal(NAME, "no member 1"))?,
+        store
+            .breaker(0)
+            .cloned()
+            .ok_or_else(|| Error::internal(NAME, "no member 0"))?,
+        store
+            .breaker(1)
+            .cloned()
+            .ok_or_else(|| Error::internal(NAME, "no member 1"))?,
     ];
     let queues: Vec<Arc<dyn MessageQueue>> = vec![
         service_queue(&a, &breakers[0]),
@@ -523,7 +540,10 @@ async fn run(args: Args) -> Result<bool> {
     {
         let (timeline, moves) = (Arc::clone(&timeline), Arc::clone(&moves));
         router.on_move(move |m| {
-            timeline.push(start, format!("{} moved {} -> {} ({})", m.cell, m.from, m.to, m.reason));
+            timeline.push(
+                start,
+                format!("{} moved {} -> {} ({})", m.cell, m.from, m.to, m.reason),
+            );
             moves
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -535,15 +555,24 @@ async fn run(args: Args) -> Result<bool> {
         b.on_transition(move |t| {
             // Re-openings after a failed probe are noise here: only the edges.
             if t.from == BreakerState::Closed && t.to == BreakerState::Open {
-                timeline.push(start, format!("outage detected: {} breaker open ({})", CLOUDS[i], t.reason));
+                timeline.push(
+                    start,
+                    format!("outage detected: {} breaker open ({})", CLOUDS[i], t.reason),
+                );
             } else if t.to == BreakerState::Closed {
-                timeline.push(start, format!("{} recovered: breaker closed ({})", CLOUDS[i], t.reason));
+                timeline.push(
+                    start,
+                    format!("{} recovered: breaker closed ({})", CLOUDS[i], t.reason),
+                );
             }
         });
     }
     let publisher = CellPublisher::new(
         router.clone(),
-        CLOUDS.iter().map(|c| c.to_string()).zip(queues.iter().cloned()),
+        CLOUDS
+            .iter()
+            .map(|c| c.to_string())
+            .zip(queues.iter().cloned()),
     )?;
 
     // 3. Consumers in both clouds, idempotent through the replicated store.
@@ -560,12 +589,20 @@ async fn run(args: Args) -> Result<bool> {
                 format!("{cloud}-{worker}"),
             )?
             .lease(Duration::from_secs(600));
-            let (ledger, topic, stopping) = (Arc::clone(&ledger), topic.clone(), Arc::clone(&stopping));
+            let (ledger, topic, stopping) =
+                (Arc::clone(&ledger), topic.clone(), Arc::clone(&stopping));
             let cloud: &'static str = cloud;
             consumers.push(tokio::spawn(async move {
                 while !stopping.load(Ordering::SeqCst) {
                     let batch = match queue
-                        .receive(&topic, group, ReceiveOptions { max_messages: 16, wait: Duration::from_millis(200) })
+                        .receive(
+                            &topic,
+                            group,
+                            ReceiveOptions {
+                                max_messages: 16,
+                                wait: Duration::from_millis(200),
+                            },
+                        )
                         .await
                     {
                         Ok(batch) => batch,
@@ -584,8 +621,13 @@ async fn run(args: Args) -> Result<bool> {
                         let id2 = id.clone();
                         let outcome = idem
                             .run(&id, || async move {
-                                let mut executed = ledger2.executed.lock().unwrap_or_else(|e| e.into_inner());
-                                let entry = executed.entry(id2).or_insert((0, cloud, start.elapsed().as_millis() as u64));
+                                let mut executed =
+                                    ledger2.executed.lock().unwrap_or_else(|e| e.into_inner());
+                                let entry = executed.entry(id2).or_insert((
+                                    0,
+                                    cloud,
+                                    start.elapsed().as_millis() as u64,
+                                ));
                                 entry.0 += 1;
                                 Ok::<_, Error>(cloud)
                             })
@@ -600,7 +642,12 @@ async fn run(args: Args) -> Result<bool> {
                             Err(_) => {
                                 // Redelivered later (after the nack delay, or the lease).
                                 let _ = queue
-                                    .nack(&topic, group, &message.receipt, Duration::from_millis(200))
+                                    .nack(
+                                        &topic,
+                                        group,
+                                        &message.receipt,
+                                        Duration::from_millis(200),
+                                    )
                                     .await;
                             }
                         }
@@ -614,7 +661,13 @@ async fn run(args: Args) -> Result<bool> {
     let peak_backlog = Arc::new(AtomicU64::new(0));
     let caught_up_ms = Arc::new(AtomicU64::new(0));
     let watcher = {
-        let (store, peak, timeline, stop, caught_up) = (store.clone(), Arc::clone(&peak_backlog), Arc::clone(&timeline), Arc::clone(&stop), Arc::clone(&caught_up_ms));
+        let (store, peak, timeline, stop, caught_up) = (
+            store.clone(),
+            Arc::clone(&peak_backlog),
+            Arc::clone(&timeline),
+            Arc::clone(&stop),
+            Arc::clone(&caught_up_ms),
+        );
         tokio::spawn(async move {
             let mut was_behind = false;
             loop {
@@ -623,7 +676,10 @@ async fn run(args: Args) -> Result<bool> {
                 let behind = store.is_behind(0) || store.is_behind(1);
                 if was_behind && !behind {
                     caught_up.store(start.elapsed().as_millis() as u64, Ordering::SeqCst);
-                    timeline.push(start, format!("hints replayed: clouds caught up ({replayed} hints replayed)"));
+                    timeline.push(
+                        start,
+                        format!("hints replayed: clouds caught up ({replayed} hints replayed)"),
+                    );
                 }
                 was_behind = behind;
                 tokio::select! {
@@ -662,7 +718,11 @@ async fn run(args: Args) -> Result<bool> {
     let issued = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
     let drive = {
-        let (acked, issued, rejected) = (Arc::clone(&acked), Arc::clone(&issued), Arc::clone(&rejected));
+        let (acked, issued, rejected) = (
+            Arc::clone(&acked),
+            Arc::clone(&issued),
+            Arc::clone(&rejected),
+        );
         let topic = topic.clone();
         async move {
             let limit = Arc::new(tokio::sync::Semaphore::new(64));
@@ -678,21 +738,37 @@ async fn run(args: Args) -> Result<bool> {
                 let kind = KINDS[(rng >> 20) as usize % KINDS.len()];
                 let id = format!("{vehicle}-{n:07}");
                 let permit = Arc::clone(&limit).acquire_owned().await;
-                let (publisher, acked, issued, rejected, topic) = (publisher.clone(), Arc::clone(&acked), Arc::clone(&issued), Arc::clone(&rejected), topic.clone());
+                let (publisher, acked, issued, rejected, topic) = (
+                    publisher.clone(),
+                    Arc::clone(&acked),
+                    Arc::clone(&issued),
+                    Arc::clone(&rejected),
+                    topic.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
                     let _permit = permit;
                     issued.fetch_add(1, Ordering::Relaxed);
-                    let message = Message::new(format!("{{\"vehicle\":\"{vehicle}\",\"kind\":\"{kind}\"}}"))
-                        .with_id(id.clone())
-                        .with_attribute("command-id", id.clone());
+                    let message =
+                        Message::new(format!("{{\"vehicle\":\"{vehicle}\",\"kind\":\"{kind}\"}}"))
+                            .with_id(id.clone())
+                            .with_attribute("command-id", id.clone());
                     // The driver's app retries a command that was not acknowledged.
                     for attempt in 0..4 {
                         match publisher.publish(&vehicle, &topic, message.clone()).await {
                             Ok(p) => {
-                                acked.lock().unwrap_or_else(|e| e.into_inner()).push((id, Acked { cell: p.cell, cloud: p.cloud, at_ms: start.elapsed().as_millis() as u64 }));
+                                acked.lock().unwrap_or_else(|e| e.into_inner()).push((
+                                    id,
+                                    Acked {
+                                        cell: p.cell,
+                                        cloud: p.cloud,
+                                        at_ms: start.elapsed().as_millis() as u64,
+                                    },
+                                ));
                                 return;
                             }
-                            Err(_) if attempt < 3 => tokio::time::sleep(Duration::from_millis(200)).await,
+                            Err(_) if attempt < 3 => {
+                                tokio::time::sleep(Duration::from_millis(200)).await
+                            }
                             Err(_) => {}
                         }
                     }
@@ -708,7 +784,12 @@ async fn run(args: Args) -> Result<bool> {
     timeline.push(start, format!("all {} commands sent", args.commands));
 
     // 7. Drain: every acknowledged command executed, hints replayed, cells home.
-    let acked_ids: BTreeSet<String> = acked.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, _)| id.clone()).collect();
+    let acked_ids: BTreeSet<String> = acked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let done = {
@@ -716,7 +797,8 @@ async fn run(args: Args) -> Result<bool> {
             acked_ids.iter().all(|id| executed.contains_key(id))
         };
         let home = router.status().iter().all(|s| s.serving == s.home);
-        if (done && home && !store.is_behind(0) && !store.is_behind(1)) || Instant::now() > deadline {
+        if (done && home && !store.is_behind(0) && !store.is_behind(1)) || Instant::now() > deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -726,7 +808,13 @@ async fn run(args: Args) -> Result<bool> {
         let _ = c.await;
     }
     let repair = store.repair_all(&executions).await?;
-    timeline.push(start, format!("repair done: compared {}, copied {}", repair.compared, repair.copied));
+    timeline.push(
+        start,
+        format!(
+            "repair done: compared {}, copied {}",
+            repair.compared, repair.copied
+        ),
+    );
     let left_a = dump(a.raw_documents.as_ref(), &executions).await?;
     let left_b = dump(b.raw_documents.as_ref(), &executions).await?;
     let identical = left_a == left_b;
@@ -737,33 +825,62 @@ async fn run(args: Args) -> Result<bool> {
     } else {
         start.elapsed().as_millis() as u64
     };
-    timeline.push(start, format!("clouds {} ({} records each side)", if identical { "identical" } else { "DIFFER" }, left_a.len()));
+    timeline.push(
+        start,
+        format!(
+            "clouds {} ({} records each side)",
+            if identical { "identical" } else { "DIFFER" },
+            left_a.len()
+        ),
+    );
     stop.notify_one();
     let _ = watcher.await;
 
     // 8. Report.
-    let mut events = timeline.events.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut events = timeline
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     events.sort_by_key(|(t, _)| *t);
     println!("\ntimeline (seconds since start):");
     for (t, e) in &events {
         println!("  {:7.3}  {e}", *t as f64 / 1000.0);
     }
     let executed = ledger.executed.lock().unwrap_or_else(|e| e.into_inner());
-    let lost: Vec<&String> = acked_ids.iter().filter(|id| !executed.contains_key(*id)).collect();
+    let lost: Vec<&String> = acked_ids
+        .iter()
+        .filter(|id| !executed.contains_key(*id))
+        .collect();
     let twice = executed.values().filter(|(n, _, _)| *n > 1).count();
-    let once = acked_ids.iter().filter(|id| executed.get(*id).is_some_and(|(n, _, _)| *n == 1)).count();
-    let unacked_executed = executed.keys().filter(|id| !acked_ids.contains(*id)).count();
+    let once = acked_ids
+        .iter()
+        .filter(|id| executed.get(*id).is_some_and(|(n, _, _)| *n == 1))
+        .count();
+    let unacked_executed = executed
+        .keys()
+        .filter(|id| !acked_ids.contains(*id))
+        .count();
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner());
     let outage_ms = outage_at.as_millis() as u64;
     println!("\nsummary:");
-    println!("  commands issued:                    {}", issued.load(Ordering::Relaxed));
+    println!(
+        "  commands issued:                    {}",
+        issued.load(Ordering::Relaxed)
+    );
     println!("  acknowledged:                       {}", acked_ids.len());
-    println!("  not acknowledged (driver told):     {}", rejected.load(Ordering::Relaxed));
+    println!(
+        "  not acknowledged (driver told):     {}",
+        rejected.load(Ordering::Relaxed)
+    );
     println!("  executed exactly once:              {once}");
     println!("  lost (acknowledged, not executed):  {}", lost.len());
     println!("  executed twice:                     {twice}");
     println!("  executed without an ack:            {unacked_executed}");
-    println!("  redeliveries skipped as duplicates: {}", ledger.duplicates_skipped.load(Ordering::Relaxed));
+    println!(
+        "  redeliveries skipped as duplicates: {}",
+        ledger.duplicates_skipped.load(Ordering::Relaxed)
+    );
     println!("  failover per cell (after the outage began):");
     let moves = moves.lock().unwrap_or_else(|e| e.into_inner());
     for p in &placements {
@@ -776,19 +893,35 @@ async fn run(args: Args) -> Result<bool> {
             .filter(|(_, x)| x.cell == p.cell && x.cloud == p.standby && x.at_ms >= outage_ms)
             .map(|(_, x)| x.at_ms)
             .min();
-        let moved = moves.iter().find(|(t, m)| m.cell == p.cell && m.to == p.standby && *t >= outage_ms).map(|(t, _)| *t);
-        let back = moves.iter().find(|(t, m)| m.cell == p.cell && m.to == p.home && *t >= outage_ms).map(|(t, _)| *t);
-        let ms = |t: Option<u64>| t.map_or("never".to_string(), |t| format!("{} ms", t.saturating_sub(outage_ms)));
+        let moved = moves
+            .iter()
+            .find(|(t, m)| m.cell == p.cell && m.to == p.standby && *t >= outage_ms)
+            .map(|(t, _)| *t);
+        let back = moves
+            .iter()
+            .find(|(t, m)| m.cell == p.cell && m.to == p.home && *t >= outage_ms)
+            .map(|(t, _)| *t);
+        let ms = |t: Option<u64>| {
+            t.map_or("never".to_string(), |t| {
+                format!("{} ms", t.saturating_sub(outage_ms))
+            })
+        };
         println!(
             "    {}: first command acknowledged on {} after {}; routing moved after {}; back home {}",
             p.cell,
             p.standby,
             ms(first_standby),
             ms(moved),
-            back.map_or("never".to_string(), |t| format!("{:.1} s after the recovery", t.saturating_sub(outage_end.as_millis() as u64) as f64 / 1000.0))
+            back.map_or("never".to_string(), |t| format!(
+                "{:.1} s after the recovery",
+                t.saturating_sub(outage_end.as_millis() as u64) as f64 / 1000.0
+            ))
         );
     }
-    println!("  peak hint backlog (hints pending):  {}", peak_backlog.load(Ordering::Relaxed));
+    println!(
+        "  peak hint backlog (hints pending):  {}",
+        peak_backlog.load(Ordering::Relaxed)
+    );
     println!(
         "  both clouds identical:              {} ({:.1} s after the recovery; repair copied {})",
         if identical { "yes" } else { "NO" },
@@ -796,16 +929,38 @@ async fn run(args: Args) -> Result<bool> {
         repair.copied + repair.tombstones_copied,
     );
     if !lost.is_empty() {
-        println!("  lost commands: {:?}", lost.iter().take(10).collect::<Vec<_>>());
+        println!(
+            "  lost commands: {:?}",
+            lost.iter().take(10).collect::<Vec<_>>()
+        );
     }
     if let Some(path) = &args.svg {
-        let list: Vec<Acked> = acked.iter().map(|(_, x)| Acked { cell: x.cell.clone(), cloud: x.cloud.clone(), at_ms: x.at_ms }).collect();
-        svg(path, args.seconds, (args.outage_at, args.outage_at + args.outage_for), &list)
-            .map_err(|e| Error::internal(NAME, format!("cannot write {}: {e}", path.display())))?;
+        let list: Vec<Acked> = acked
+            .iter()
+            .map(|(_, x)| Acked {
+                cell: x.cell.clone(),
+                cloud: x.cloud.clone(),
+                at_ms: x.at_ms,
+            })
+            .collect();
+        svg(
+            path,
+            args.seconds,
+            (args.outage_at, args.outage_at + args.outage_for),
+            &list,
+        )
+        .map_err(|e| Error::internal(NAME, format!("cannot write {}: {e}", path.display())))?;
         println!("  timeline drawn to {}", path.display());
     }
     let ok = lost.is_empty() && twice == 0 && identical;
-    println!("  result: {}", if ok { "OK: nothing lost, nothing executed twice" } else { "FAILED" });
+    println!(
+        "  result: {}",
+        if ok {
+            "OK: nothing lost, nothing executed twice"
+        } else {
+            "FAILED"
+        }
+    );
     drop(a);
     if !servers {
         let _ = std::fs::remove_dir_all(&tmp);

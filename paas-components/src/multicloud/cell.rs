@@ -410,7 +410,11 @@ impl fmt::Debug for CellRouter {
 impl CellRouter {
     /// A router over `table` whose clouds are `clouds`; every home and standby of the table
     /// must be among them. Needs no runtime; breakers' transitions re-evaluate the cells.
-    pub fn new(table: RoutingTable, clouds: Vec<CloudHealth>, config: RouterConfig) -> Result<Self> {
+    pub fn new(
+        table: RoutingTable,
+        clouds: Vec<CloudHealth>,
+        config: RouterConfig,
+    ) -> Result<Self> {
         let mut by_name = BTreeMap::new();
         for cloud in clouds {
             if by_name.contains_key(&cloud.name) {
@@ -493,9 +497,11 @@ impl CellRouter {
     /// Where requests for `key` go now.
     pub fn route(&self, key: &str) -> Result<Route> {
         self.evaluate(None);
-        let index = self.inner.table.cell_index(key).ok_or_else(|| {
-            Error::not_found(BACKEND, format!("no cell routes key `{key}`"))
-        })?;
+        let index = self
+            .inner
+            .table
+            .cell_index(key)
+            .ok_or_else(|| Error::not_found(BACKEND, format!("no cell routes key `{key}`")))?;
         let cell = &self.inner.table.cells[index];
         let at_home = self.lock().0[index].serving_home;
         let (cloud, fallback) = if at_home {
@@ -576,13 +582,14 @@ impl CellRouter {
                 let home_state = states[spec.home.as_str()];
                 let standby_state = states[spec.standby.as_str()];
                 let decision = if cell.serving_home {
-                    (home_state == BreakerState::Open && standby_state != BreakerState::Open)
-                        .then(|| {
+                    (home_state == BreakerState::Open && standby_state != BreakerState::Open).then(
+                        || {
                             format!(
                                 "home breaker open: {}",
                                 why.unwrap_or("failures of the home cloud")
                             )
-                        })
+                        },
+                    )
                 } else {
                     let settled = clouds[&spec.home]
                         .closed_since
@@ -627,8 +634,10 @@ impl CellRouter {
         for m in &moves {
             tracing::info!(cell = %m.cell, from = %m.from, to = %m.to, reason = %m.reason, "cell moved");
             metrics::counter!("cell_moves_total", "cell" => m.cell.clone(), "from" => m.from.clone(), "to" => m.to.clone()).increment(1);
-            metrics::gauge!("cell_serving", "cell" => m.cell.clone(), "cloud" => m.to.clone()).set(1.0);
-            metrics::gauge!("cell_serving", "cell" => m.cell.clone(), "cloud" => m.from.clone()).set(0.0);
+            metrics::gauge!("cell_serving", "cell" => m.cell.clone(), "cloud" => m.to.clone())
+                .set(1.0);
+            metrics::gauge!("cell_serving", "cell" => m.cell.clone(), "cloud" => m.from.clone())
+                .set(0.0);
             for callback in &callbacks {
                 callback(m);
             }
@@ -672,7 +681,11 @@ pub mod placement {
         exclude: Option<&str>,
     ) -> Option<&'a str> {
         let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-        for unit in model.units.iter().filter(|u| u.cell.as_deref() == Some(cell)) {
+        for unit in model
+            .units
+            .iter()
+            .filter(|u| u.cell.as_deref() == Some(cell))
+        {
             for region in plan.placements.get(&unit.id).into_iter().flatten() {
                 if let Some(p) = providers.get(region.as_str()) {
                     if Some(*p) != exclude {
@@ -700,7 +713,11 @@ pub mod placement {
             ));
         }
         let providers = provider_of(model);
-        let mut cells: Vec<&str> = model.units.iter().filter_map(|u| u.cell.as_deref()).collect();
+        let mut cells: Vec<&str> = model
+            .units
+            .iter()
+            .filter_map(|u| u.cell.as_deref())
+            .collect();
         cells.sort_unstable();
         cells.dedup();
         let mut replans: BTreeMap<String, Plan> = BTreeMap::new();
@@ -783,7 +800,10 @@ pub mod placement {
                 .collect();
             Model {
                 dimensions: vec!["cpu".into()],
-                providers: vec![provider("aws", "aws-1", "north"), provider("azure", "azure-1", "south")],
+                providers: vec![
+                    provider("aws", "aws-1", "north"),
+                    provider("azure", "azure-1", "south"),
+                ],
                 units,
                 weights: cloud_placement::model::Weights {
                     latency: 1.0,
@@ -823,9 +843,15 @@ pub mod placement {
         fn a_plan_that_cannot_survive_a_provider_is_refused() {
             // Room for the cells of one side only: losing either cloud cannot be absorbed.
             let m = model(45.0);
-            let plan = solve(&m, &SolveOptions { explain: false, ..SolveOptions::default() })
-                .unwrap()
-                .plan;
+            let plan = solve(
+                &m,
+                &SolveOptions {
+                    explain: false,
+                    ..SolveOptions::default()
+                },
+            )
+            .unwrap()
+            .plan;
             let error = cells_from_plan(&m, &plan).unwrap_err();
             assert!(error.message().contains("not survivable"), "{error}");
         }
@@ -860,11 +886,16 @@ mod tests {
             }
         }
         let share = moved as f64 / keys.len() as f64;
-        assert!((share - 0.2).abs() < 0.02, "moved {share:.3}, expected about 1/5");
+        assert!(
+            (share - 0.2).abs() < 0.02,
+            "moved {share:.3}, expected about 1/5"
+        );
         // And the cells are balanced.
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
         for k in &keys {
-            *count.entry(after.cell_of(k).unwrap().name.clone()).or_default() += 1;
+            *count
+                .entry(after.cell_of(k).unwrap().name.clone())
+                .or_default() += 1;
         }
         for (cell, n) in count {
             assert!((3_600..=4_400).contains(&n), "{cell} holds {n} of 20000");
@@ -963,8 +994,16 @@ mod tests {
         r.on_move(move |mv| m.lock().unwrap().push(mv.clone()));
         assert_eq!(r.route("k1").unwrap().cloud, "a");
         fail(&a);
-        assert_eq!(r.route("k1").unwrap().cloud, "b", "moved when the home opened");
-        assert_eq!(r.route("k2").unwrap().cloud, "b", "the other cell stays home");
+        assert_eq!(
+            r.route("k1").unwrap().cloud,
+            "b",
+            "moved when the home opened"
+        );
+        assert_eq!(
+            r.route("k2").unwrap().cloud,
+            "b",
+            "the other cell stays home"
+        );
         // Flapping: each cool-down ends, a probe or two succeed, then it fails again; the
         // breaker even closes for a moment sometimes, but never for the settle time.
         for round in 0..10 {
@@ -975,16 +1014,28 @@ mod tests {
                 assert_eq!(a.state(), BreakerState::Closed);
             }
             tokio::time::advance(Duration::from_millis(200)).await;
-            assert_eq!(r.route("k1").unwrap().cloud, "b", "bounced in round {round}");
+            assert_eq!(
+                r.route("k1").unwrap().cloud,
+                "b",
+                "bounced in round {round}"
+            );
             fail(&a);
         }
-        assert_eq!(moves.lock().unwrap().len(), 1, "one move only while flapping");
+        assert_eq!(
+            moves.lock().unwrap().len(),
+            1,
+            "one move only while flapping"
+        );
         // Stable again: back after the settle time.
         tokio::time::advance(Duration::from_millis(120)).await;
         succeed(&a);
         succeed(&a);
         tokio::time::advance(Duration::from_millis(400)).await;
-        assert_eq!(r.route("k1").unwrap().cloud, "b", "not before the settle time");
+        assert_eq!(
+            r.route("k1").unwrap().cloud,
+            "b",
+            "not before the settle time"
+        );
         tokio::time::advance(Duration::from_millis(150)).await;
         let back = r.route("k1").unwrap();
         assert_eq!(back.cloud, "a");
@@ -1009,7 +1060,11 @@ mod tests {
         succeed(&a);
         assert_eq!(a.state(), BreakerState::Closed);
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(r.route("k1").unwrap().cloud, "b", "hints pending: stays on standby");
+        assert_eq!(
+            r.route("k1").unwrap().cloud,
+            "b",
+            "hints pending: stays on standby"
+        );
         drained.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(r.route("k1").unwrap().cloud, "a", "drained: back home");
     }
@@ -1017,7 +1072,14 @@ mod tests {
     #[test]
     fn router_refuses_unknown_clouds_and_empty_tables() {
         let t = table(2);
-        assert!(CellRouter::new(t.clone(), vec![CloudHealth::new("a", breaker("a"))], RouterConfig::default()).is_err());
+        assert!(
+            CellRouter::new(
+                t.clone(),
+                vec![CloudHealth::new("a", breaker("a"))],
+                RouterConfig::default()
+            )
+            .is_err()
+        );
         assert!(CellRouter::new(RoutingTable::new(), vec![], RouterConfig::default()).is_err());
         let dup = vec![
             CloudHealth::new("a", breaker("a")),

@@ -210,11 +210,21 @@ impl IdempotentConsumer {
         let claim = json!({"state": "running", "owner": self.owner, "at_ms": now_ms()});
         let revision = match self
             .store
-            .put(&self.collection, id, claim.clone(), PutDocumentOptions::create())
+            .put(
+                &self.collection,
+                id,
+                claim.clone(),
+                PutDocumentOptions::create(),
+            )
             .await
         {
             Ok(revision) => revision,
-            Err(e) if matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed
+                ) =>
+            {
                 let Some(existing) = self.store.get(&self.collection, id).await? else {
                     // Released between our create and our read: let the redelivery retry.
                     return Err(Error::unavailable(
@@ -246,13 +256,17 @@ impl IdempotentConsumer {
         };
         match effect().await {
             Ok(result) => {
-                let value = serde_json::to_value(&result).map_err(|e| {
-                    Error::invalid(BACKEND, format!("the result is not JSON: {e}"))
-                })?;
+                let value = serde_json::to_value(&result)
+                    .map_err(|e| Error::invalid(BACKEND, format!("the result is not JSON: {e}")))?;
                 let done = json!({"state": "done", "owner": self.owner, "at_ms": now_ms(), "result": value});
                 if let Err(e) = self
                     .store
-                    .put(&self.collection, id, done, PutDocumentOptions::if_revision(revision))
+                    .put(
+                        &self.collection,
+                        id,
+                        done,
+                        PutDocumentOptions::if_revision(revision),
+                    )
                     .await
                 {
                     // The effect ran: report it (the caller acks). The record stays
@@ -292,7 +306,9 @@ mod tests {
         let raw_b: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new());
         for q in [&raw_a, &raw_b] {
             q.create_topic("t").await.unwrap();
-            q.create_group("t", "g", GroupOptions::default()).await.unwrap();
+            q.create_group("t", "g", GroupOptions::default())
+                .await
+                .unwrap();
         }
         let fault = FaultInjector::new(1);
         let a = layers::message_queue(
@@ -309,29 +325,50 @@ mod tests {
             .unwrap();
         let router = CellRouter::new(
             table,
-            vec![CloudHealth::new("a", breaker_a.clone()), CloudHealth::new("b", breaker_b)],
+            vec![
+                CloudHealth::new("a", breaker_a.clone()),
+                CloudHealth::new("b", breaker_b),
+            ],
             RouterConfig::default(),
         )
         .unwrap();
         let publisher =
-            CellPublisher::new(router.clone(), [("a".to_string(), a), ("b".to_string(), b)]).unwrap();
-        let home = publisher.publish("WVW-1", "t", Message::new("x")).await.unwrap();
+            CellPublisher::new(router.clone(), [("a".to_string(), a), ("b".to_string(), b)])
+                .unwrap();
+        let home = publisher
+            .publish("WVW-1", "t", Message::new("x"))
+            .await
+            .unwrap();
         assert_eq!((home.cloud.as_str(), home.failed_over), ("a", false));
         fault.set_down(true);
         let moved = publisher
             .publish("WVW-1", "t", Message::new("y").with_id("cmd-2"))
             .await
             .unwrap();
-        assert_eq!((moved.cloud.as_str(), moved.id.as_str(), moved.failed_over), ("b", "cmd-2", true));
-        let got = raw_b.receive("t", "g", ReceiveOptions::default()).await.unwrap();
+        assert_eq!(
+            (moved.cloud.as_str(), moved.id.as_str(), moved.failed_over),
+            ("b", "cmd-2", true)
+        );
+        let got = raw_b
+            .receive("t", "g", ReceiveOptions::default())
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].id, "cmd-2");
         // Enough failures open a's breaker: the cell moves, publishes go to b directly.
         for _ in 0..5 {
-            publisher.publish("WVW-1", "t", Message::new("z")).await.unwrap();
+            publisher
+                .publish("WVW-1", "t", Message::new("z"))
+                .await
+                .unwrap();
         }
         assert_eq!(router.route("WVW-1").unwrap().cloud, "b");
-        assert!(publisher.publish("nobody", "t", Message::new("z")).await.is_err());
+        assert!(
+            publisher
+                .publish("nobody", "t", Message::new("z"))
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -343,18 +380,29 @@ mod tests {
             runs.fetch_add(1, Ordering::SeqCst);
             Ok::<_, Error>(7)
         };
-        assert_eq!(consumer.run("m1", effect).await.unwrap(), Delivery::Executed(7));
+        assert_eq!(
+            consumer.run("m1", effect).await.unwrap(),
+            Delivery::Executed(7)
+        );
         assert_eq!(
             consumer.run("m1", effect).await.unwrap(),
             Delivery::Duplicate(json!(7))
         );
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         let failing = consumer
-            .run("m2", || async { Err::<u32, _>(Error::unavailable("t", "boom")) })
+            .run("m2", || async {
+                Err::<u32, _>(Error::unavailable("t", "boom"))
+            })
             .await;
         assert!(failing.is_err());
-        assert!(store.get("executed", "m2").await.unwrap().is_none(), "claim released");
-        assert_eq!(consumer.run("m2", effect).await.unwrap(), Delivery::Executed(7));
+        assert!(
+            store.get("executed", "m2").await.unwrap().is_none(),
+            "claim released"
+        );
+        assert_eq!(
+            consumer.run("m2", effect).await.unwrap(),
+            Delivery::Executed(7)
+        );
         // A live claim of another consumer is not taken over; an expired one is.
         store
             .put(
@@ -368,7 +416,10 @@ mod tests {
         let busy = consumer.run("m3", effect).await.unwrap_err();
         assert_eq!(busy.kind(), ErrorKind::Unavailable);
         let impatient = consumer.clone().lease(Duration::ZERO);
-        assert_eq!(impatient.run("m3", effect).await.unwrap(), Delivery::Executed(7));
+        assert_eq!(
+            impatient.run("m3", effect).await.unwrap(),
+            Delivery::Executed(7)
+        );
         assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 }
