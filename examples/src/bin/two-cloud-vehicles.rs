@@ -38,7 +38,10 @@
 //! A backend of cloud A reached over TCP is reached through a loopback proxy
 //! (`paas_components::testing::TcpProxy`) that the outage cuts; a file-based one through a
 //! fault injector that the outage turns on. Either way every call to cloud A fails, as in a
-//! real outage, and comes back when it ends.
+//! real outage, and comes back when it ends. The injector's outage begins with 300 ms in
+//! which calls still take effect but their replies are lost (as when a connection dies after
+//! the server acted): publishes that landed in cloud A are then also sent to cloud B, so both
+//! clouds deliver them, and the idempotent consumer must skip the second copy.
 
 use cloud_abstraction::database::{DocumentStore, Query};
 use cloud_abstraction::queue::{GroupOptions, Message, ReceiveOptions};
@@ -68,6 +71,8 @@ const CLOUDS: [&str; 2] = ["cloud-a", "cloud-b"];
 const VEHICLES: u32 = 120;
 const KINDS: [&str; 3] = ["unlock", "lock", "start-climate"];
 const NAME: &str = "two-cloud-vehicles";
+/// How long the outage of cloud A starts as a brownout (calls act, replies are lost).
+const BROWNOUT: Duration = Duration::from_millis(300);
 /// Every call to a cloud fails after this long (a cut connection must not hang a request).
 const CALL_DEADLINE: Duration = Duration::from_millis(1500);
 
@@ -463,7 +468,7 @@ async fn run(args: Args) -> Result<bool> {
     let a = open_cloud(CLOUDS[0], &urls, true).await?;
     let b = open_cloud(CLOUDS[1], &urls, false).await?;
     let breaker = CircuitBreakerConfig {
-        consecutive_failures: 3,
+        consecutive_failures: 5,
         failure_rate: 0.5,
         window: SlidingWindow::Count(20),
         minimum_calls: 10,
@@ -698,6 +703,18 @@ async fn run(args: Args) -> Result<bool> {
         let fault = a.fault.clone();
         async move {
             tokio::time::sleep_until(start + outage_at).await;
+            // The outage begins as a brownout: calls still act, but their replies are lost,
+            // so publishes that landed are sent again to the standby (duplicates follow).
+            fault.set_lose_replies(true);
+            timeline.push(
+                start,
+                format!(
+                    "OUTAGE begins: cloud-a loses replies ({} ms)",
+                    BROWNOUT.as_millis()
+                ),
+            );
+            tokio::time::sleep(BROWNOUT).await;
+            fault.set_lose_replies(false);
             fault.set_down(true);
             for p in &a.proxies {
                 p.cut().await;
