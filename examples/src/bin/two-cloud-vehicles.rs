@@ -48,6 +48,7 @@ use cloud_abstraction::queue::{GroupOptions, Message, ReceiveOptions};
 use cloud_abstraction::{Error, MessageQueue, ResourceUrl, Result};
 use cloud_placement::model::{Model, Provider, Region, Unit};
 use cloud_placement::{SolveOptions, solve};
+use futures::StreamExt;
 use paas_components::layers::{
     self, BreakerState, CircuitBreaker, CircuitBreakerConfig, FaultInjector, SlidingWindow,
     TimeoutLayer,
@@ -852,6 +853,25 @@ async fn run(args: Args) -> Result<bool> {
     );
     stop.notify_one();
     let _ = watcher.await;
+    if servers {
+        // Shared servers: leave nothing of this run behind (raw deletes, no tombstones).
+        for (store, ids) in [(&a.raw_documents, &left_a), (&b.raw_documents, &left_b)] {
+            futures::stream::iter(ids.keys())
+                .for_each_concurrent(16, |id| {
+                    let (store, collection) = (Arc::clone(store), executions.clone());
+                    async move {
+                        let _ = store
+                            .delete(
+                                &collection,
+                                id,
+                                cloud_abstraction::database::WriteCondition::Any,
+                            )
+                            .await;
+                    }
+                })
+                .await;
+        }
+    }
 
     // 8. Report.
     let mut events = timeline

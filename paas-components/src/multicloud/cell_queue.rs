@@ -371,6 +371,50 @@ mod tests {
         );
     }
 
+    /// A message executed in cloud B while cloud A (the id's home) was down, then delivered
+    /// again in cloud A after it came back but before its hints were replayed: the record
+    /// must be found, not created a second time by the stale home.
+    #[tokio::test]
+    async fn a_home_that_is_behind_does_not_run_a_message_again() {
+        use crate::layers::{self, CircuitBreakerConfig, FaultInjector};
+        use crate::multicloud::ReplicationBuilder;
+        let fault = FaultInjector::new(1);
+        let a = layers::document_store(Arc::new(MemoryDocumentStore::new()), fault.layer());
+        let store = ReplicationBuilder::new()
+            .member("a", a)
+            .member("b", Arc::new(MemoryDocumentStore::new()))
+            .breaker(CircuitBreakerConfig {
+                consecutive_failures: 1,
+                ..CircuitBreakerConfig::default()
+            })
+            .without_background_replay()
+            .build()
+            .await
+            .unwrap();
+        let shared: Arc<dyn DocumentStore> = Arc::new(store.clone());
+        let in_b = IdempotentConsumer::new(Arc::clone(&shared), "executed", "b").unwrap();
+        let in_a = IdempotentConsumer::new(shared, "executed", "a").unwrap();
+        let runs = AtomicU32::new(0);
+        let effect = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Error>("done")
+        };
+        fault.set_down(true);
+        assert_eq!(
+            in_b.run("m1", effect).await.unwrap(),
+            Delivery::Executed("done")
+        );
+        fault.set_down(false);
+        store.breaker(0).unwrap().reset();
+        assert!(store.is_behind(0), "a's hints are not replayed yet");
+        assert_eq!(
+            in_a.run("m1", effect).await.unwrap(),
+            Delivery::Duplicate(json!("done"))
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(store.conflict_count(), 0);
+    }
+
     #[tokio::test]
     async fn each_id_runs_once_and_failures_release_the_claim() {
         let store: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());

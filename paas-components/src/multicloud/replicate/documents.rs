@@ -405,12 +405,17 @@ impl ReplicatedDocumentStore {
         join_all(self.inner.members.iter().map(|m| m.read(collection, id))).await
     }
 
-    /// The deciding member's index for a key whose reads are `reads`.
+    /// The deciding member's index for a key whose reads are `reads`: the first in `order`
+    /// that answered and is not behind; only if every member that answered is behind, the
+    /// first of those. A home that is back but still missing hinted writes must not decide:
+    /// it would check a condition (e.g. create-if-absent) against a state older than what
+    /// was acknowledged.
     fn decider(&self, order: &[usize], reads: &Reads) -> Result<usize> {
-        order
-            .iter()
-            .copied()
-            .find(|&i| reads[i].is_ok())
+        let members = &self.inner.members;
+        let answered = || order.iter().copied().filter(|&i| reads[i].is_ok());
+        answered()
+            .find(|&i| !members[i].behind.load(Ordering::Acquire))
+            .or_else(|| answered().next())
             .ok_or_else(|| self.none_reachable(reads))
     }
 
