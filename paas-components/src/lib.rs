@@ -38,7 +38,8 @@
 //!   breaker, rate and concurrency limits, fault injection);
 //! - [`migrate`]: copy a prefix or a collection between any two backends of a trait;
 //! - [`multicloud`]: combinators over backends in several clouds: failover for every trait,
-//!   active-active replicated documents.
+//!   active-active replicated documents, cell routing and queues across clouds;
+//! - [`testing`] (feature `testing`): a cuttable TCP proxy for fault tests and game days.
 //!
 //! # Features
 //!
@@ -54,6 +55,8 @@
 //! | `redis` | Redis document store (`redis://`) |
 //! | `s3` | S3 blob store (`s3://`), through object_store |
 //! | `azure` | Azure Blob store (`azure://`), through object_store |
+//! | `placement` | cell placements from a survivable `cloud-placement` plan |
+//! | `testing` | [`testing::TcpProxy`], to cut a server's connections in fault tests |
 //!
 //! # TLS
 //!
@@ -94,6 +97,8 @@ pub mod registry;
 #[cfg(feature = "sqlite")]
 mod sqlite_open;
 pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 mod tls;
 

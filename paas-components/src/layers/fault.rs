@@ -11,6 +11,7 @@ use tower::{Layer, Service};
 #[derive(Debug)]
 struct FaultState {
     down: bool,
+    lose_replies: bool,
     error_rate: f64,
     latency: Duration,
     rng: StdRng,
@@ -33,6 +34,7 @@ impl FaultInjector {
         Self {
             state: Arc::new(Mutex::new(FaultState {
                 down: false,
+                lose_replies: false,
                 error_rate: 0.0,
                 latency: Duration::ZERO,
                 rng: StdRng::seed_from_u64(seed),
@@ -50,6 +52,13 @@ impl FaultInjector {
     /// Every call fails while down.
     pub fn set_down(&self, down: bool) {
         self.with(|s| s.down = down);
+    }
+
+    /// While set, every call reaches the backend but its reply is lost: the caller gets an
+    /// `Unavailable` error although the call took effect, as when a connection dies after
+    /// the server acted. (What makes retries and failovers deliver twice.)
+    pub fn set_lose_replies(&self, lose: bool) {
+        self.with(|s| s.lose_replies = lose);
     }
 
     /// Fails this fraction (0.0 to 1.0) of calls at random.
@@ -79,13 +88,15 @@ impl FaultInjector {
         }
     }
 
-    fn decide(&self) -> (bool, Duration) {
+    /// (fail before the call, lose the reply, latency)
+    fn decide(&self) -> (bool, bool, Duration) {
         self.with(|s| {
             let fail = s.down || (s.error_rate > 0.0 && s.rng.random::<f64>() < s.error_rate);
-            if fail {
+            let lose = !fail && s.lose_replies;
+            if fail || lose {
                 s.injected += 1;
             }
-            (fail, s.latency)
+            (fail, lose, s.latency)
         })
     }
 }
@@ -128,7 +139,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let (fail, latency) = self.injector.decide();
+        let (fail, lose_reply, latency) = self.injector.decide();
         let operation = request.operation();
         // The inner call is only made when no fault is injected: an injected failure must not
         // have side effects, as a request that never reached the backend would not.
@@ -138,6 +149,14 @@ where
                 tokio::time::sleep(latency).await;
             }
             match call {
+                Some(call) if lose_reply => {
+                    let _ = call.await;
+                    Err(Error::new(
+                        ErrorKind::Unavailable,
+                        Error::UNNAMED,
+                        format!("injected loss of the reply to {} `{operation}`", Req::KIND),
+                    ))
+                }
                 Some(call) => call.await,
                 None => Err(Error::new(
                     ErrorKind::Unavailable,
@@ -146,5 +165,36 @@ where
                 )),
             }
         })
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryBlobStore;
+    use cloud_abstraction::BlobStore;
+    use cloud_abstraction::storage::BlobStoreExt;
+
+    #[tokio::test]
+    async fn a_lost_reply_fails_the_call_after_it_took_effect() {
+        let raw: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+        let faults = FaultInjector::new(1);
+        let store = crate::layers::blob_store(Arc::clone(&raw), faults.layer());
+        faults.set_lose_replies(true);
+        let err = store.put_bytes("k", "v".into()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert_eq!(
+            raw.get_bytes("k").await.unwrap(),
+            "v",
+            "the write took effect"
+        );
+        faults.set_lose_replies(false);
+        faults.set_down(true);
+        assert!(store.put_bytes("k2", "v".into()).await.is_err());
+        assert!(
+            !raw.exists("k2").await.unwrap(),
+            "a down backend is not called"
+        );
+        assert_eq!(faults.injected(), 2);
     }
 }

@@ -405,6 +405,27 @@ impl ReplicatedDocumentStore {
         join_all(self.inner.members.iter().map(|m| m.read(collection, id))).await
     }
 
+    /// The state a write of a key is decided on: the deciding member's; but while that member
+    /// is behind (back after an outage, hinted writes not yet replayed), the newest envelope
+    /// any member answered with. Otherwise a home that is back but stale would check a
+    /// condition (e.g. create-if-absent) against a state older than what was acknowledged,
+    /// and let it succeed twice.
+    fn base(&self, decider: usize, reads: &Reads) -> Option<Envelope> {
+        let own = |i: usize| {
+            reads[i]
+                .as_ref()
+                .ok()
+                .and_then(|s| s.as_ref())
+                .map(|s| s.envelope.clone())
+        };
+        if !self.inner.members[decider].behind.load(Ordering::Acquire) {
+            return own(decider);
+        }
+        (0..reads.len())
+            .filter_map(own)
+            .max_by(|a, b| a.rv.cmp(&b.rv))
+    }
+
     /// The deciding member's index for a key whose reads are `reads`.
     fn decider(&self, order: &[usize], reads: &Reads) -> Result<usize> {
         order
@@ -629,11 +650,7 @@ impl ReplicatedDocumentStore {
         for _ in 0..MAX_ATTEMPTS {
             let reads = self.read_all(collection, id).await;
             let decider = self.decider(&order, &reads)?;
-            let base = reads[decider]
-                .as_ref()
-                .ok()
-                .and_then(|s| s.as_ref())
-                .map(|s| s.envelope.clone());
+            let base = self.base(decider, &reads);
             check_condition(base.as_ref(), condition)?;
             let existed = base.as_ref().is_some_and(Envelope::live);
             if delete && !existed {
@@ -837,14 +854,7 @@ impl DocumentStore for ReplicatedDocumentStore {
         // Apply the ops in order to the decider's view, checking each condition.
         let mut view: BTreeMap<(String, String), Option<Envelope>> = keys
             .iter()
-            .map(|k| {
-                let base = reads[k][decider]
-                    .as_ref()
-                    .ok()
-                    .and_then(|s| s.as_ref())
-                    .map(|s| s.envelope.clone());
-                (k.clone(), base)
-            })
+            .map(|k| (k.clone(), self.base(decider, &reads[k])))
             .collect();
         let mut ttls: HashMap<(String, String), Option<Duration>> = HashMap::new();
         let mut touched: Vec<(String, String)> = Vec::new();

@@ -23,7 +23,9 @@
 //! 1. The key is read on every member at once. The key's **home** member
 //!    ([`ReplicationBuilder::home`], default the first) decides: its state is what the write's
 //!    condition (`create`, `if_revision`) is checked against. While the home is unreachable,
-//!    the next member that answered decides.
+//!    the next member that answered decides. While the deciding member is **behind** (see
+//!    Reads: back, but hinted writes not yet replayed), the condition is checked against the
+//!    newest version any member answered with, not against its stale state.
 //! 2. The new version is larger than every version read (hybrid logical clock, so causality
 //!    survives clock skew).
 //! 3. Unconditional writes go to every reachable member in parallel; conditional writes to
