@@ -109,6 +109,8 @@ const MAX_PACKET: u32 = 268_435_455 + 5;
 const ID_PROPERTY: &str = ":id";
 /// User property with the publish time (Unix milliseconds).
 const PUBLISHED_PROPERTY: &str = ":published-at";
+/// Deliveries a group session may hold unacknowledged (MQTT's largest Receive Maximum).
+const RECEIVE_MAXIMUM: u16 = u16::MAX;
 /// How long opening a handle, or a group session, waits for the broker.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
@@ -336,6 +338,10 @@ fn session_options(config: &Config, suffix: &str, clean: bool) -> MqttOptions {
     properties.max_packet_size = Some(MAX_PACKET);
     if !clean {
         properties.session_expiry_interval = Some(config.session_expiry);
+        // The broker may have this many deliveries of the session unacknowledged. Without
+        // it Mosquitto uses its `max_inflight_messages` (20), and 20 leased messages (or
+        // acks held back for ordering) would stall the group.
+        properties.receive_maximum = Some(RECEIVE_MAXIMUM);
     }
     options.set_connect_properties(properties);
     options.set_manual_acks(!clean);
