@@ -50,3 +50,299 @@ fn model() {
         async move { open(&url).await }
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// PUBACKs on the wire
+
+/// What one MQTT connection carried, as seen by [`Sniffer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// A QoS 1 PUBLISH from the broker: packet id, DUP flag, topic.
+    Publish(u16, bool, String),
+    /// A PUBACK from the client: packet id.
+    PubAck(u16),
+}
+
+/// A loopback proxy that reads the MQTT packets passing through it: broker → client
+/// PUBLISHes and client → broker PUBACKs, per connection. `cut()` drops every connection
+/// (new ones are let through at once).
+struct Sniffer {
+    addr: std::net::SocketAddr,
+    /// Per connection, in accept order: what it carried.
+    log: Arc<std::sync::Mutex<Vec<Vec<Seen>>>>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Sniffer {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log: Arc<std::sync::Mutex<Vec<Vec<Seen>>>> = Arc::default();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (log, tasks) = (Arc::clone(&log), Arc::clone(&tasks));
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        continue;
+                    };
+                    let conn = {
+                        let mut log = log.lock().unwrap();
+                        log.push(Vec::new());
+                        log.len() - 1
+                    };
+                    let (client_read, client_write) = inbound.into_split();
+                    let (broker_read, broker_write) = outbound.into_split();
+                    let up = pipe(client_read, broker_write, Arc::clone(&log), conn, false);
+                    let down = pipe(broker_read, client_write, Arc::clone(&log), conn, true);
+                    let (up, down) = (tokio::spawn(up), tokio::spawn(down));
+                    tasks.lock().unwrap().extend([up, down]);
+                }
+            })
+        };
+        Self {
+            addr,
+            log,
+            tasks,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// What the connections carrying messages of `data` (a topic fragment) carried, each.
+    fn data_connections(&self, data: &str) -> Vec<Vec<Seen>> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|seen| {
+                seen.iter()
+                    .any(|s| matches!(s, Seen::Publish(_, _, t) if t.contains(data)))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// Copies `from` to `to`, logging the QoS 1 PUBLISHes (from the broker, `down`) or the
+/// PUBACKs (from the client) in the bytes.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    log: Arc<std::sync::Mutex<Vec<Vec<Seen>>>>,
+    conn: usize,
+    down: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Log before forwarding, so a packet is in the log before the other side sees it.
+        pending.extend_from_slice(&buf[..n]);
+        while let Some((kind, flags, body, used)) = frame(&pending) {
+            let seen = match kind {
+                3 if down && (flags >> 1) & 3 == 1 => {
+                    let len = u16::from_be_bytes([body[0], body[1]]) as usize;
+                    let topic = String::from_utf8_lossy(&body[2..2 + len]).into_owned();
+                    let pkid = u16::from_be_bytes([body[2 + len], body[3 + len]]);
+                    Some(Seen::Publish(pkid, flags & 8 != 0, topic))
+                }
+                4 if !down => Some(Seen::PubAck(u16::from_be_bytes([body[0], body[1]]))),
+                _ => None,
+            };
+            if let Some(seen) = seen {
+                log.lock().unwrap()[conn].push(seen);
+            }
+            pending.drain(..used);
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One whole MQTT packet at the start of `bytes`: (type, flags, body, bytes used).
+fn frame(bytes: &[u8]) -> Option<(u8, u8, &[u8], usize)> {
+    let first = *bytes.first()?;
+    let (mut len, mut shift, mut i) = (0usize, 0, 1);
+    loop {
+        let b = *bytes.get(i)?;
+        len |= ((b & 0x7f) as usize) << shift;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let end = i.checked_add(len)?;
+    (bytes.len() >= end).then(|| (first >> 4, first & 0x0f, &bytes[i..end], end))
+}
+
+/// Receives until `n` messages arrived (15 s at most).
+async fn receive_n(
+    q: &dyn MessageQueue,
+    topic: &str,
+    group: &str,
+    n: usize,
+) -> Vec<cloud_abstraction::queue::ReceivedMessage> {
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    while got.len() < n && start.elapsed() < Duration::from_secs(15) {
+        got.extend(
+            q.receive(
+                topic,
+                group,
+                ReceiveOptions {
+                    max_messages: n - got.len(),
+                    wait: Duration::from_millis(300),
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    got
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+fn pubacks(seen: &[Seen]) -> Vec<u16> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::PubAck(p) => Some(*p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn publishes(seen: &[Seen], data: &str) -> Vec<(u16, bool)> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Publish(p, dup, t) if t.contains(data) => Some((*p, *dup)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Polls `check` every 50 ms for up to 5 s.
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
+}
+
+/// The application acknowledges in any order; PUBACKs go out in receive order, each once,
+/// and later acks wait for earlier ones. Held acks survive a reconnect: the broker sends the
+/// messages again, and only the one not acknowledged is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_out_of_receive_order() {
+    let Some(url) = url().await else { return };
+    let sniffer = Sniffer::start(support::target_of(&url)).await;
+    let q = open(&support::via(&url, sniffer.addr)).await;
+    let (topic, group) = (unique("ooo"), unique("g"));
+    q.create_topic(&topic).await.unwrap();
+    q.create_group(&topic, &group, GroupOptions::default())
+        .await
+        .unwrap();
+    let data = format!("/data/{topic}/");
+    let ids = q
+        .publish_batch(&topic, (0..10).map(|i| Message::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let got = receive_n(&*q, &topic, &group, 10).await;
+    assert_eq!(got.len(), 10);
+    let received: Vec<&str> = got.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(received, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    // Everything but the first, in a scrambled order: no PUBACK may go out yet.
+    for i in [9, 7, 5, 3, 1, 8, 6, 4, 2] {
+        q.ack(&topic, &group, &got[i].receipt).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conns = sniffer.data_connections(&data);
+    assert_eq!(conns.len(), 1, "one session connection");
+    assert!(
+        pubacks(&conns[0]).is_empty(),
+        "a PUBACK went out before the first message was acknowledged: {:?}",
+        pubacks(&conns[0])
+    );
+    // The first: all ten go out, in receive order, once each.
+    q.ack(&topic, &group, &got[0].receipt).await.unwrap();
+    assert!(eventually(|| pubacks(&sniffer.data_connections(&data)[0]).len() >= 10).await);
+    q.ack(&topic, &group, &got[4].receipt).await.unwrap(); // idempotent, no second PUBACK
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let conn = &sniffer.data_connections(&data)[0];
+    let order: Vec<u16> = publishes(conn, &data).iter().map(|(p, _)| *p).collect();
+    assert_eq!(pubacks(conn), order, "PUBACKs in receive order, each once");
+
+    // Three more; the last two acknowledged, the first not; then the connection drops.
+    q.publish_batch(&topic, (10..13).map(|i| Message::new(format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let more = receive_n(&*q, &topic, &group, 3).await;
+    assert_eq!(more.len(), 3);
+    q.ack(&topic, &group, &more[2].receipt).await.unwrap();
+    q.ack(&topic, &group, &more[1].receipt).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pubacks(&sniffer.data_connections(&data)[0]).len(), 10);
+    sniffer.cut();
+    // The session comes back (same handle); the broker sends the three again, and only the
+    // unacknowledged one is delivered again.
+    let again = receive_n(&*q, &topic, &group, 1).await;
+    assert_eq!(again.len(), 1, "the unacknowledged message is delivered again");
+    assert_eq!(again[0].id, more[0].id);
+    assert_ne!(again[0].receipt, more[0].receipt);
+    assert_kind(
+        q.ack(&topic, &group, &more[0].receipt).await,
+        ErrorKind::PreconditionFailed,
+        "ack with the receipt of the delivery before the reconnect",
+    );
+    q.ack(&topic, &group, &again[0].receipt).await.unwrap();
+    let extra = q
+        .receive(
+            &topic,
+            &group,
+            ReceiveOptions {
+                max_messages: 10,
+                wait: Duration::from_millis(1000),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(extra.is_empty(), "acknowledged messages came back: {extra:?}");
+    let conns = sniffer.data_connections(&data);
+    let resumed = conns.last().unwrap();
+    let resent = publishes(resumed, &data);
+    assert_eq!(resent.len(), 3, "the broker resent the three unacknowledged");
+    assert!(resent.iter().all(|(_, dup)| *dup), "resent with DUP");
+    assert!(eventually(|| pubacks(sniffer.data_connections(&data).last().unwrap()).len() >= 3).await);
+    let resumed = sniffer.data_connections(&data).last().unwrap().clone();
+    assert_eq!(
+        pubacks(&resumed),
+        resent.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        "PUBACKs after the reconnect in receive order"
+    );
+    q.delete_topic(&topic).await.unwrap();
+}
