@@ -20,7 +20,11 @@ async fn url() -> Option<String> {
 }
 
 async fn open(url: &str) -> Arc<dyn MessageQueue> {
-    Arc::new(MqttQueue::connect(url).await.expect("connect to the MQTT broker"))
+    Arc::new(
+        MqttQueue::connect(url)
+            .await
+            .expect("connect to the MQTT broker"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +273,10 @@ async fn acks_out_of_receive_order() {
         .unwrap();
     let data = format!("/data/{topic}/");
     let ids = q
-        .publish_batch(&topic, (0..10).map(|i| Message::new(format!("{i}"))).collect())
+        .publish_batch(
+            &topic,
+            (0..10).map(|i| Message::new(format!("{i}"))).collect(),
+        )
         .await
         .unwrap();
     let got = receive_n(&*q, &topic, &group, 10).await;
@@ -298,9 +305,12 @@ async fn acks_out_of_receive_order() {
     assert_eq!(pubacks(conn), order, "PUBACKs in receive order, each once");
 
     // Three more; the last two acknowledged, the first not; then the connection drops.
-    q.publish_batch(&topic, (10..13).map(|i| Message::new(format!("{i}"))).collect())
-        .await
-        .unwrap();
+    q.publish_batch(
+        &topic,
+        (10..13).map(|i| Message::new(format!("{i}"))).collect(),
+    )
+    .await
+    .unwrap();
     let more = receive_n(&*q, &topic, &group, 3).await;
     assert_eq!(more.len(), 3);
     q.ack(&topic, &group, &more[2].receipt).await.unwrap();
@@ -311,7 +321,11 @@ async fn acks_out_of_receive_order() {
     // The session comes back (same handle); the broker sends the three again, and only the
     // unacknowledged one is delivered again.
     let again = receive_n(&*q, &topic, &group, 1).await;
-    assert_eq!(again.len(), 1, "the unacknowledged message is delivered again");
+    assert_eq!(
+        again.len(),
+        1,
+        "the unacknowledged message is delivered again"
+    );
     assert_eq!(again[0].id, more[0].id);
     assert_ne!(again[0].receipt, more[0].receipt);
     assert_kind(
@@ -331,13 +345,22 @@ async fn acks_out_of_receive_order() {
         )
         .await
         .unwrap();
-    assert!(extra.is_empty(), "acknowledged messages came back: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "acknowledged messages came back: {extra:?}"
+    );
     let conns = sniffer.data_connections(&data);
     let resumed = conns.last().unwrap();
     let resent = publishes(resumed, &data);
-    assert_eq!(resent.len(), 3, "the broker resent the three unacknowledged");
+    assert_eq!(
+        resent.len(),
+        3,
+        "the broker resent the three unacknowledged"
+    );
     assert!(resent.iter().all(|(_, dup)| *dup), "resent with DUP");
-    assert!(eventually(|| pubacks(sniffer.data_connections(&data).last().unwrap()).len() >= 3).await);
+    assert!(
+        eventually(|| pubacks(sniffer.data_connections(&data).last().unwrap()).len() >= 3).await
+    );
     let resumed = sniffer.data_connections(&data).last().unwrap().clone();
     assert_eq!(
         pubacks(&resumed),
@@ -459,7 +482,10 @@ async fn cut_while_publishing_and_consuming() {
         }
     }
     assert!(failures_during_cut > 0, "publishing failed during the cut");
-    assert!(acked_after_restore > 0, "the same handle publishes again after the cut");
+    assert!(
+        acked_after_restore > 0,
+        "the same handle publishes again after the cut"
+    );
 
     // Drain: every acknowledged publish arrives; the held ones come again; nothing
     // acknowledged before the cut does.
@@ -499,7 +525,79 @@ async fn cut_while_publishing_and_consuming() {
         .collect();
     assert!(lost.is_empty(), "acknowledged publishes lost: {lost:?}");
     for body in held.keys() {
-        assert!(after.contains(body), "{body} was not acknowledged and not delivered again");
+        assert!(
+            after.contains(body),
+            "{body} was not acknowledged and not delivered again"
+        );
     }
+    q.delete_topic(&topic).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// URLs
+
+/// Bad URLs are typed errors; `mqtts://` is `Unsupported` (no TLS without `ring` in rumqttc).
+#[tokio::test]
+async fn urls() {
+    for (bad, kind) in [
+        ("mqtt://", ErrorKind::InvalidArgument),
+        (
+            "mqtt://127.0.0.1:1883/some/path",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mqtt://127.0.0.1:1883?colour=blue",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mqtt://127.0.0.1:1883?prefix=a/%23",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mqtt://127.0.0.1:1883?prefix=$SYS",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mqtt://127.0.0.1:1883?client_id=a%20b",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mqtt://127.0.0.1:1883?session_expiry=0",
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mqtt://127.0.0.1:1883?keep_alive=1",
+            ErrorKind::InvalidArgument,
+        ),
+        ("mqtt://127.0.0.1:1883?region=", ErrorKind::InvalidArgument),
+        ("mqtts://127.0.0.1:8883", ErrorKind::Unsupported),
+    ] {
+        assert_kind(MqttQueue::connect(bad).await, kind, bad);
+        assert_kind(paas_components::open_queue(bad).await, kind, bad);
+    }
+    // Nothing listens on port 1 of loopback: retryable, and no password in the message.
+    let err = MqttQueue::connect("mqtt://user:hunter2@127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+}
+
+/// A URL with credentials and a location opens; neither Debug nor info() shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_by_url() {
+    let Some(url) = url().await else { return };
+    let mut with = url::Url::parse(&url).unwrap();
+    with.set_username("vehicle").unwrap();
+    with.set_password(Some("hunter2")).unwrap();
+    with.set_query(Some(
+        "provider=aws&region=eu-central-1&client_id=bench-a1&prefix=paas/t",
+    ));
+    let q = paas_components::open_queue(with.as_str()).await.unwrap();
+    assert_eq!(q.info().backend, "mqtt");
+    assert_eq!(q.info().location.region, "eu-central-1");
+    assert!(!format!("{q:?}").contains("hunter2"));
+    let topic = unique("url");
+    q.create_topic(&topic).await.unwrap();
     q.delete_topic(&topic).await.unwrap();
 }

@@ -12,9 +12,10 @@
 //! messages again from the broker).
 
 use super::BACKEND;
-use cloud_abstraction::{Error, Result};
+use cloud_abstraction::{Error, ErrorKind, Result};
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Filter, Packet, PubAckReason, Publish, PublishProperties, SubscribeReasonCode,
 };
@@ -62,8 +63,9 @@ struct LinkState {
     in_flight_publishes: HashMap<u16, Waiter>,
     queued_subscribes: VecDeque<Waiter>,
     in_flight_subscribes: HashMap<u16, Waiter>,
-    /// Why the last connection attempt failed (for error messages; never holds a secret).
-    last_error: Option<String>,
+    /// Why the last connection attempt failed (for error messages; never holds a secret),
+    /// and the error kind it maps to (`Unavailable` unless the broker refused us).
+    last_error: Option<(String, ErrorKind)>,
     closed: bool,
 }
 
@@ -139,20 +141,31 @@ impl Link {
             if let Some(epoch) = self.connected_epoch() {
                 return Ok(epoch);
             }
+            let refused = self.unavailable();
+            if !refused.is_retryable() {
+                // The broker answered and said no (credentials, client id): final.
+                return Err(refused);
+            }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(self.unavailable());
             }
         }
     }
 
-    /// The retryable error of a disconnected link.
+    /// The error of a disconnected link: `Unavailable` (retryable), or what the broker's
+    /// refusal means.
     pub(super) fn unavailable(&self) -> Error {
         let state = self.state();
-        let why = state.last_error.as_deref().unwrap_or("not connected yet");
-        Error::unavailable(
-            BACKEND,
-            format!("the MQTT broker is not reachable ({why})"),
-        )
+        match &state.last_error {
+            Some((why, ErrorKind::Unavailable)) | Some((why, ErrorKind::Internal)) => {
+                Error::unavailable(BACKEND, format!("the MQTT broker is not reachable ({why})"))
+            }
+            Some((why, kind)) => Error::new(*kind, BACKEND, format!("the MQTT broker {why}")),
+            None => Error::unavailable(
+                BACKEND,
+                "the MQTT broker is not reachable (not connected yet)",
+            ),
+        }
     }
 
     /// Queues a QoS 1 publish; the future resolves when the broker acknowledged it.
@@ -189,7 +202,10 @@ impl Link {
     }
 
     /// Subscribes to `filter` at QoS 1; resolves when the broker granted it.
-    pub(super) fn subscribe(&self, filter: String) -> Result<impl Future<Output = Result<()>> + use<>> {
+    pub(super) fn subscribe(
+        &self,
+        filter: String,
+    ) -> Result<impl Future<Output = Result<()>> + use<>> {
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.state();
@@ -257,7 +273,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 async fn wait_for(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
     match tokio::time::timeout(ACK_TIMEOUT, rx).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(Error::unavailable(BACKEND, "the MQTT connection was closed")),
+        Ok(Err(_)) => Err(Error::unavailable(
+            BACKEND,
+            "the MQTT connection was closed",
+        )),
         Err(_) => Err(Error::new(
             cloud_abstraction::ErrorKind::DeadlineExceeded,
             BACKEND,
@@ -315,7 +334,10 @@ async fn drive(link: Weak<Link>, options: MqttOptions, handler: Arc<dyn LinkHand
                         } else {
                             Err(Error::internal(
                                 BACKEND,
-                                format!("the broker refused a subscription: {:?}", ack.return_codes),
+                                format!(
+                                    "the broker refused a subscription: {:?}",
+                                    ack.return_codes
+                                ),
                             ))
                         });
                     }
@@ -384,14 +406,29 @@ fn puback_result(reason: PubAckReason) -> Result<()> {
     }
 }
 
-/// A short description of a connection failure, without the broker's address or credentials.
-fn describe(e: &ConnectionError) -> String {
+/// A short description of a connection failure, without the broker's address or credentials,
+/// and its error kind.
+fn describe(e: &ConnectionError) -> (String, ErrorKind) {
+    let unavailable = |why: String| (why, ErrorKind::Unavailable);
     match e {
-        ConnectionError::Io(io) => format!("I/O: {}", io.kind()),
-        ConnectionError::ConnectionRefused(code) => format!("connection refused: {code:?}"),
-        ConnectionError::Timeout(_) => "connect timed out".into(),
-        ConnectionError::MqttState(StateError::Io(io)) => format!("I/O: {}", io.kind()),
-        ConnectionError::MqttState(s) => format!("protocol: {s}"),
-        other => other.to_string(),
+        ConnectionError::Io(io) => unavailable(format!("I/O: {}", io.kind())),
+        ConnectionError::ConnectionRefused(code) => {
+            let kind = match code {
+                ConnectReturnCode::BadUserNamePassword => ErrorKind::Unauthenticated,
+                ConnectReturnCode::NotAuthorized | ConnectReturnCode::Banned => {
+                    ErrorKind::PermissionDenied
+                }
+                ConnectReturnCode::ClientIdentifierNotValid
+                | ConnectReturnCode::UnsupportedProtocolVersion => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Unavailable,
+            };
+            (format!("refused the connection: {code:?}"), kind)
+        }
+        ConnectionError::Timeout(_) => unavailable("connect timed out".into()),
+        ConnectionError::MqttState(StateError::Io(io)) => {
+            unavailable(format!("I/O: {}", io.kind()))
+        }
+        ConnectionError::MqttState(s) => unavailable(format!("protocol: {s}")),
+        other => unavailable(other.to_string()),
     }
 }

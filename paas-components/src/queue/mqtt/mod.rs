@@ -62,9 +62,12 @@
 //!   live handles: the broker disconnects the older) so that a restarted process resumes its
 //!   sessions and gets their unacknowledged and queued messages. A session of a handle that
 //!   never comes back keeps the messages the broker gave it until the session expires
-//!   (`session_expiry`, seconds, default 3600); then the broker drops them. Deleting a group
-//!   or its topic ends this handle's session at once, and other handles end theirs when they
-//!   see the deletion.
+//!   (`session_expiry`, seconds, default 3600); then the broker drops them. Mosquitto hands a
+//!   shared subscription's messages round-robin to its sessions, offline ones included, and
+//!   keeps at most `max_queued_messages` (default 1,000) for a session whose client is
+//!   offline, dropping the rest: consumers of a group should stay connected, or come back
+//!   under the same `client_id`. Deleting a group or its topic ends this handle's session at
+//!   once, and other handles end theirs when they see the deletion.
 //! - **Registry limits.** Two handles creating the same new topic at the same moment both
 //!   succeed, and the later generation wins: groups made on the earlier one receive nothing.
 //!   Deleting a topic takes one broker hop to reach other handles.
@@ -180,7 +183,7 @@ impl MqttQueue {
             session_options(&config, "meta", true),
             Arc::clone(&registry) as Arc<dyn LinkHandler>,
         );
-        registry.set_link(Arc::clone(&registry_link));
+        registry.set_link(&registry_link);
         let inner = Arc::new(Inner {
             config,
             location: Mutex::new(location.unwrap_or_else(Location::unknown)),
@@ -288,9 +291,13 @@ fn parse_config(url: &ResourceUrl) -> Result<Config> {
                 })?;
             }
             "keep_alive" => {
-                keep_alive = value.parse().ok().filter(|s| (5..=3600).contains(s)).ok_or_else(
-                    || Error::invalid(BACKEND, "`keep_alive` must be 5 to 3600 seconds"),
-                )?;
+                keep_alive = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (5..=3600).contains(s))
+                    .ok_or_else(|| {
+                        Error::invalid(BACKEND, "`keep_alive` must be 5 to 3600 seconds")
+                    })?;
             }
             other => {
                 return Err(Error::invalid(
@@ -503,7 +510,10 @@ impl GroupRemoved for Inner {
     fn group_removed(&self, topic: &str, group: &str, generation: &str) {
         let key = (topic.to_string(), group.to_string());
         let mut sessions = lock(&self.sessions);
-        if sessions.get(&key).is_some_and(|s| s.generation == generation) {
+        if sessions
+            .get(&key)
+            .is_some_and(|s| s.generation == generation)
+        {
             if let Some(session) = sessions.remove(&key) {
                 tokio::spawn(end_session(session));
             }
@@ -595,11 +605,10 @@ impl Inner {
     }
 
     async fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<String>> {
-        let generation = self
-            .registry
-            .topic(topic)
-            .await?
-            .ok_or_else(|| Error::not_found(BACKEND, format!("topic `{topic}` does not exist")))?;
+        let generation =
+            self.registry.topic(topic).await?.ok_or_else(|| {
+                Error::not_found(BACKEND, format!("topic `{topic}` does not exist"))
+            })?;
         let data_topic = self.data_topic(topic, &generation);
         let published_at = now_ms().to_string();
         let mut ids = Vec::with_capacity(messages.len());
@@ -669,7 +678,9 @@ impl MessageQueue for MqttQueue {
             return Ok(());
         }
         let generation = format!("{:016x}", rand::random::<u64>());
-        inner.record(inner.registry.topic_key(topic), generation).await
+        inner
+            .record(inner.registry.topic_key(topic), generation)
+            .await
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<()> {
@@ -794,10 +805,9 @@ impl MessageQueue for MqttQueue {
                     .into_iter()
                     .map(|(seq, arrival)| {
                         let id = arrival.id.clone().unwrap_or_default();
-                        let receipt = inner.receipts.make(&format!(
-                            "{}.{epoch}.{seq}.{id}",
-                            entry.generation
-                        ));
+                        let receipt = inner
+                            .receipts
+                            .make(&format!("{}.{epoch}.{seq}.{id}", entry.generation));
                         ReceivedMessage {
                             id: if id.is_empty() {
                                 format!("{epoch}-{seq}")

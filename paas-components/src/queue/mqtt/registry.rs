@@ -78,7 +78,8 @@ pub(super) struct Registry {
     ready: Mutex<bool>,
     ready_changed: Notify,
     barriers: Mutex<HashMap<u64, (oneshot::Sender<()>, bool)>>,
-    link: OnceLock<Arc<Link>>,
+    /// Weak: the link's task holds this registry, which must not keep the link alive.
+    link: OnceLock<Weak<Link>>,
     removed: OnceLock<Weak<dyn GroupRemoved>>,
 }
 
@@ -109,8 +110,8 @@ impl Registry {
         }
     }
 
-    pub(super) fn set_link(&self, link: Arc<Link>) {
-        let _ = self.link.set(link);
+    pub(super) fn set_link(&self, link: &Arc<Link>) {
+        let _ = self.link.set(Arc::downgrade(link));
     }
 
     pub(super) fn set_removed(&self, removed: Weak<dyn GroupRemoved>) {
@@ -196,7 +197,7 @@ impl Registry {
     }
 
     fn unavailable(&self) -> Error {
-        match self.link.get() {
+        match self.link.get().and_then(Weak::upgrade) {
             Some(link) => link.unavailable(),
             None => Error::unavailable(BACKEND, "the MQTT registry connection is not up"),
         }
@@ -204,8 +205,12 @@ impl Registry {
 
     /// Waits until every registry change the broker acknowledged before now has arrived.
     pub(super) async fn sync(&self) -> Result<()> {
-        let link = self.link.get().ok_or_else(|| self.unavailable())?;
-        let arrived = self.barrier(link, false)?;
+        let link = self
+            .link
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| self.unavailable())?;
+        let arrived = self.barrier(&link, false)?;
         match tokio::time::timeout(REGISTRY_WAIT, arrived).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(self.unavailable()),
@@ -245,7 +250,8 @@ impl Registry {
                 if payload.is_empty() {
                     view.topics.remove(topic);
                 } else if let Ok(generation) = std::str::from_utf8(payload) {
-                    view.topics.insert(topic.to_string(), generation.to_string());
+                    view.topics
+                        .insert(topic.to_string(), generation.to_string());
                 }
             } else if let Some((topic, group)) =
                 rest.strip_prefix("group/").and_then(|r| r.split_once('/'))
