@@ -370,6 +370,56 @@ async fn acks_out_of_receive_order() {
     q.delete_topic(&topic).await.unwrap();
 }
 
+/// Acks from several tasks at once, in scrambled orders: the PUBACKs still go out in receive
+/// order, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acks_keep_receive_order() {
+    use rand::seq::SliceRandom;
+    let Some(url) = url().await else { return };
+    let sniffer = Sniffer::start(support::target_of(&url)).await;
+    let q = open(&support::via(&url, sniffer.addr)).await;
+    let (topic, group) = (unique("conc"), unique("g"));
+    q.create_topic(&topic).await.unwrap();
+    q.create_group(&topic, &group, GroupOptions::default())
+        .await
+        .unwrap();
+    let data = format!("/data/{topic}/");
+    const N: usize = 200;
+    q.publish_batch(
+        &topic,
+        (0..N).map(|i| Message::new(format!("{i}"))).collect(),
+    )
+    .await
+    .unwrap();
+    let mut receipts: Vec<String> = receive_n(&*q, &topic, &group, N)
+        .await
+        .into_iter()
+        .map(|m| m.receipt)
+        .collect();
+    assert_eq!(receipts.len(), N);
+    receipts.shuffle(&mut rand::rng());
+    let mut tasks = Vec::new();
+    for chunk in receipts.chunks(N / 4) {
+        let (q, topic, group, chunk) =
+            (Arc::clone(&q), topic.clone(), group.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for receipt in chunk {
+                q.ack(&topic, &group, &receipt).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(eventually(|| pubacks(&sniffer.data_connections(&data)[0]).len() >= N).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let conn = &sniffer.data_connections(&data)[0];
+    let order: Vec<u16> = publishes(conn, &data).iter().map(|(p, _)| *p).collect();
+    assert_eq!(order.len(), N);
+    assert_eq!(pubacks(conn), order, "PUBACKs in receive order, each once");
+    q.delete_topic(&topic).await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // A cut while publishers and consumers run
 

@@ -34,7 +34,7 @@ type Waiter = oneshot::Sender<Result<()>>;
 
 /// What a link does with what the broker sends it.
 pub(super) trait LinkHandler: Send + Sync + 'static {
-    /// A connection (epoch) is up; `client` is its client. Called under no lock.
+    /// The connection of `epoch` is up (called from the link's task, under no lock).
     fn connected(&self, link: &Arc<Link>, epoch: u64, connack: &ConnAck);
     /// A PUBLISH from the broker on epoch `epoch`.
     fn publish(&self, link: &Arc<Link>, epoch: u64, publish: Publish);

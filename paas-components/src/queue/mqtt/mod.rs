@@ -587,9 +587,9 @@ impl Inner {
         Ok(())
     }
 
+    /// Deletes the group's record and ends this handle's session of it (before returning,
+    /// so the broker queues nothing more for it).
     async fn remove_group(&self, topic: &str, group: &str, entry: &GroupEntry) -> Result<()> {
-        self.record(self.registry.group_key(topic, group), String::new())
-            .await?;
         let key = (topic.to_string(), group.to_string());
         let session = {
             let mut sessions = lock(&self.sessions);
@@ -598,10 +598,13 @@ impl Inner {
                 _ => None,
             }
         };
+        let recorded = self
+            .record(self.registry.group_key(topic, group), String::new())
+            .await;
         if let Some(session) = session {
             end_session(session).await;
         }
-        Ok(())
+        recorded
     }
 
     async fn publish_all(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<String>> {
@@ -860,19 +863,22 @@ impl MessageQueue for MqttQueue {
                 _ => Ok(()),
             };
         };
-        let (outcome, current) = {
+        let outcome = {
             let mut deliveries = lock(&session.state.deliveries);
-            (deliveries.ack(epoch, seq, id), deliveries.epoch())
+            let outcome = deliveries.ack(epoch, seq, id);
+            if let AckOutcome::Acked(pkids) = &outcome {
+                // Sent under the lock, so that two acks flushing at once keep the order. A
+                // PUBACK that cannot be sent (connection gone) is not needed: the broker
+                // sends the message again after the reconnect, and it is settled then.
+                let current = deliveries.epoch();
+                for pkid in pkids {
+                    session.link.puback(current, *pkid);
+                }
+            }
+            outcome
         };
         match outcome {
-            AckOutcome::Acked(pkids) => {
-                for pkid in pkids {
-                    // A PUBACK that cannot be sent is sent again by nobody: the broker sends
-                    // the message again after a reconnect, and it is settled then.
-                    session.link.puback(current, pkid);
-                }
-                Ok(())
-            }
+            AckOutcome::Acked(_) => Ok(()),
             AckOutcome::Stale => Err(Error::new(
                 ErrorKind::PreconditionFailed,
                 BACKEND,
