@@ -34,6 +34,7 @@ ensure postgresql 127.0.0.1 5432 \
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
 ensure mariadb 127.0.0.1 3306 \
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+ensure mosquitto 127.0.0.1 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 ensure redis 127.0.0.1 6379 \
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
   --dir /var/lib/redis --logfile /var/log/redis/ci.log
@@ -43,6 +44,7 @@ env_file=.ci/env
   echo "export POSTGRES_TEST_URL=\${POSTGRES_TEST_URL:-postgres://postgres@127.0.0.1:5432/test}"
   echo "export MYSQL_TEST_URL=\${MYSQL_TEST_URL:-mysql://root@127.0.0.1:3306/test}"
   echo "export REDIS_TEST_URL=\${REDIS_TEST_URL:-redis://127.0.0.1:6379/0}"
+  echo "export MQTT_TEST_URL=\${MQTT_TEST_URL:-mqtt://127.0.0.1:1883}"
 } >"$env_file"
 
 # Servers that are not pre-installed: each script installs (cached), starts, and prints its

@@ -15,6 +15,7 @@
 //! | `redis://…` | document store | Redis | `redis` | unknown |
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
+//! | `mqtt://…`, `mqtts://…` | queue | MQTT 5 broker (`mqtts` is `Unsupported`: no TLS without `ring` in rumqttc) | `mqtt` | unknown |
 //!
 //! # Location
 //!
@@ -262,6 +263,8 @@ fn table() -> Vec<Row> {
             "redis",
             Open::Document(compiled!("redis", open::redis)),
         ),
+        row("mqtt", "mqtt", Open::Queue(compiled!("mqtt", open::mqtt))),
+        row("mqtts", "mqtt", Open::Queue(compiled!("mqtt", open::mqtt))),
         row("s3", "s3", Open::Blob(compiled!("s3", open::s3))),
         row(
             "azure",
@@ -393,6 +396,14 @@ mod open {
         Box::pin(async move {
             let store = crate::database::RedisDocumentStore::connect(url.expose()).await?;
             Ok(Arc::new(store) as Arc<dyn DocumentStore>)
+        })
+    }
+
+    #[cfg(feature = "mqtt")]
+    pub(super) fn mqtt(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let queue = crate::queue::MqttQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
         })
     }
 

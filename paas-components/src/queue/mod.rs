@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | in-memory | `memory` | [`MemoryQueue`] | no | every capability except durability; for tests and single-process services |
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
+//! | MQTT 5 | `mqtt` | `MqttQueue` | broker's | shared subscriptions as groups; no nack, leases, dead letters, attempt counts, ids; receipts per handle |
 //!
 //! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
 //! today `open_queue` knows `mem://` and `sqlite://` only.
@@ -23,11 +24,15 @@
 pub(crate) mod emulation;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryQueue;
+#[cfg(feature = "mqtt")]
+pub use mqtt::MqttQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 
