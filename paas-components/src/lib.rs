@@ -86,6 +86,7 @@
 
 pub mod compute;
 pub mod database;
+pub mod deploy;
 pub mod layers;
 pub mod migrate;
 pub mod multicloud;
