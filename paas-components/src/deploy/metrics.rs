@@ -167,10 +167,13 @@ pub async fn load(
     Ok((rollouts, steps))
 }
 
-/// A plain-text table of the rows (`-` for a measure without data).
+/// A plain-text table of the rows (`-` for a measure without data; durations under 10 s
+/// in milliseconds, others in seconds).
 pub fn table(rows: &[DoraRow]) -> String {
-    let opt = |v: Option<f64>, scale: f64, unit: &str| {
-        v.map_or("-".to_string(), |v| format!("{:.1}{unit}", v / scale))
+    let duration = |v: Option<f64>| match v {
+        None => "-".to_string(),
+        Some(ms) if ms < 10_000.0 => format!("{ms:.0}ms"),
+        Some(ms) => format!("{:.1}s", ms / 1000.0),
     };
     let mut out = format!(
         "{:<12} {:<8} {:>7} {:>8} {:>9} {:>12} {:>8} {:>12}\n",
@@ -185,9 +188,10 @@ pub fn table(rows: &[DoraRow]) -> String {
             r.deployments,
             r.failures,
             r.deployments_per_day,
-            opt(r.lead_time_ms, 1000.0, "s"),
-            opt(r.change_failure_rate.map(|v| v * 100.0), 1.0, "%"),
-            opt(r.time_to_restore_ms, 1000.0, "s"),
+            duration(r.lead_time_ms),
+            r.change_failure_rate
+                .map_or("-".to_string(), |v| format!("{:.1}%", v * 100.0)),
+            duration(r.time_to_restore_ms),
         );
     }
     out
