@@ -129,22 +129,20 @@ async fn run(driver: &Driver, request: &RolloutRequest) -> Result<(), String> {
     Ok(())
 }
 
+/// One measure of a row, as drawn.
+type Measure = fn(&DoraRow) -> f64;
+
 /// Four panels (one per measure), one bar per (service, cloud).
 fn svg(rows: &[DoraRow]) -> String {
-    let panels: [(&str, Box<dyn Fn(&DoraRow) -> f64>); 4] = [
-        ("deployments / day", Box::new(|r| r.deployments_per_day)),
-        (
-            "lead time (s)",
-            Box::new(|r| r.lead_time_ms.unwrap_or(0.0) / 1000.0),
-        ),
-        (
-            "change failure rate (%)",
-            Box::new(|r| r.change_failure_rate.unwrap_or(0.0) * 100.0),
-        ),
-        (
-            "time to restore (s)",
-            Box::new(|r| r.time_to_restore_ms.unwrap_or(0.0) / 1000.0),
-        ),
+    let panels: [(&str, Measure); 4] = [
+        ("deployments / day", |r| r.deployments_per_day),
+        ("lead time (s)", |r| r.lead_time_ms.unwrap_or(0.0) / 1000.0),
+        ("change failure rate (%)", |r| {
+            r.change_failure_rate.unwrap_or(0.0) * 100.0
+        }),
+        ("time to restore (s)", |r| {
+            r.time_to_restore_ms.unwrap_or(0.0) / 1000.0
+        }),
     ];
     let (pw, ph, bar_area) = (220.0, 260.0, 180.0);
     let colours = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
@@ -160,11 +158,7 @@ fn svg(rows: &[DoraRow]) -> String {
             "<g class=\"panel\"><text x=\"{:.0}\" y=\"16\" font-weight=\"bold\">{title}</text>\n",
             x0 + 10.0
         ));
-        let max = rows
-            .iter()
-            .map(|r| value(r))
-            .fold(0.0_f64, f64::max)
-            .max(1e-9);
+        let max = rows.iter().map(value).fold(0.0_f64, f64::max).max(1e-9);
         let bw = (pw - 40.0) / rows.len().max(1) as f64;
         for (i, r) in rows.iter().enumerate() {
             let v = value(r);
