@@ -2,9 +2,12 @@
 //! records and re-planning; and the delivery metrics over hand-made records.
 #![cfg(all(feature = "sim", feature = "sqlite", feature = "process"))]
 
-use cloud_abstraction::compute::{Compute, RestartPolicy, WorkloadSpec};
+use async_trait::async_trait;
+use cloud_abstraction::compute::{
+    Compute, ComputeCapabilities, LogOptions, LogPage, RestartPolicy, WorkloadSpec, WorkloadStatus,
+};
 use cloud_abstraction::database::{DocumentStore, DocumentStoreExt, PutDocumentOptions};
-use cloud_abstraction::{ErrorKind, Location};
+use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result};
 use paas_components::compute::{ProcessCompute, SimCompute};
 use paas_components::database::{MemoryDocumentStore, SqliteDocumentStore};
 use paas_components::deploy::metrics::{self, DoraRow};
@@ -454,6 +457,97 @@ async fn bad_requests_are_typed_errors_before_anything_runs() {
     }
 }
 
+/// A simulator whose `apply` of one version fails as an unreachable cloud would: a fault
+/// injected at the backend's edge.
+#[derive(Debug)]
+struct RefusesVersion {
+    inner: SimCompute,
+    version: &'static str,
+}
+
+#[async_trait]
+impl Compute for RefusesVersion {
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
+    }
+    fn capabilities(&self) -> ComputeCapabilities {
+        self.inner.capabilities()
+    }
+    async fn apply(&self, spec: WorkloadSpec) -> Result<WorkloadStatus> {
+        if spec.env.get("VERSION").map(String::as_str) == Some(self.version) {
+            return Err(Error::unavailable("sim", "cloud unreachable"));
+        }
+        self.inner.apply(spec).await
+    }
+    async fn get(&self, name: &str) -> Result<Option<WorkloadStatus>> {
+        self.inner.get(name).await
+    }
+    async fn list(&self, selector: &BTreeMap<String, String>) -> Result<Vec<WorkloadStatus>> {
+        self.inner.list(selector).await
+    }
+    async fn scale(&self, name: &str, replicas: u32) -> Result<WorkloadStatus> {
+        self.inner.scale(name, replicas).await
+    }
+    async fn delete(&self, name: &str) -> Result<bool> {
+        self.inner.delete(name).await
+    }
+    async fn logs(&self, name: &str, options: LogOptions) -> Result<LogPage> {
+        self.inner.logs(name, options).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rollback_step_is_reported_and_the_others_still_run() {
+    let mut targets = sim_targets();
+    let eu = SimCompute::new().with_location(Location::new("aws", "eu"));
+    let store: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());
+    targets.insert("eu".into(), Arc::new(eu.clone()));
+    Driver::new("d1", targets.clone(), store.clone())
+        .run(&v1())
+        .await
+        .unwrap();
+    // From now on eu refuses v1: the rollback of api@eu fails.
+    targets.insert(
+        "eu".into(),
+        Arc::new(RefusesVersion {
+            inner: eu,
+            version: "v1",
+        }),
+    );
+    let driver = Driver::new("d1", targets.clone(), store.clone());
+    let r2 = request("r2", "v2", service("api", "v2"), broken("worker", "v2"));
+    assert_eq!(
+        driver.run(&r2).await.unwrap(),
+        Progress::Done(RolloutState::RollbackFailed)
+    );
+    let record = driver.rollout("r2").await.unwrap().unwrap();
+    assert_eq!(record.rollback_failures, 1);
+    let last = driver.steps("r2").await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.step.kind, last.step.region.as_str()),
+        (StepKind::Rollback, "eu")
+    );
+    assert_eq!(last.outcome, StepOutcome::Failed);
+    assert!(last.detail.contains("unreachable"), "{}", last.detail);
+    assert_eq!(version_in(&targets, "eu", "api").await.unwrap().0, "v2");
+    assert_eq!(version_in(&targets, "us", "api").await.unwrap().0, "v1");
+    assert_eq!(
+        version_in(&targets, "asia", "worker").await.unwrap().0,
+        "v1"
+    );
+    // A failure everywhere it went out; restored in gcp, not in aws (its rollback failed).
+    let (rollouts, steps) = metrics::load(store.as_ref(), &Records::default())
+        .await
+        .unwrap();
+    let rows = metrics::dora(&rollouts, &steps, 0, u64::MAX);
+    let aws = rows.iter().find(|r| r.cloud == "aws").unwrap();
+    assert_eq!((aws.deployments, aws.failures), (1, 1));
+    assert_eq!(aws.time_to_restore_ms, None);
+    let gcp = rows.iter().find(|r| r.cloud == "gcp").unwrap();
+    assert_eq!((gcp.deployments, gcp.failures), (1, 1));
+    assert!(gcp.time_to_restore_ms.is_some());
+}
+
 /// Real processes: three `process://` backends, a good and a failing rollout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_backends_apply_and_roll_back() {
@@ -509,6 +603,7 @@ fn rollout(
         commit_ms: Some(commit_ms),
         failed_ms: None,
         finished_ms: Some(finished_ms),
+        rollback_failures: 0,
     }
 }
 

@@ -8,10 +8,12 @@
 //! - **deployment frequency**: succeeded rollouts per day of the window;
 //! - **lead time for changes**: median of `finished_ms - commit_ms` over the succeeded
 //!   rollouts that carry a commit time ([`COMMIT_TIME_LABEL`](super::COMMIT_TIME_LABEL));
-//! - **change failure rate**: rolled-back rollouts over all ended rollouts;
-//! - **time to restore**: median, over the rolled-back rollouts, of the time from the first
-//!   step of the rollout in that cloud starting (the bad version reaching it) to the last
-//!   rollback step there finishing (the previous version back).
+//! - **change failure rate**: failed rollouts (rolled back, or whose rollback failed) over
+//!   all ended rollouts;
+//! - **time to restore**: median, over the failed rollouts whose rollback steps in that
+//!   cloud all succeeded (a failed rollback has restored nothing there), of the time from
+//!   the first step of the rollout in that cloud starting (the bad version reaching it) to
+//!   the last rollback step there finishing (the previous version back).
 //!
 //! Medians rather than means: one stuck rollout should not hide the usual figure (DORA
 //! reports medians too). A measure without data is `None`, never 0.
@@ -33,13 +35,13 @@ pub struct DoraRow {
     pub cloud: String,
     /// Succeeded rollouts in the window.
     pub deployments: u32,
-    /// Rolled-back rollouts in the window.
+    /// Failed rollouts in the window (rolled back or rollback failed).
     pub failures: u32,
     /// Succeeded rollouts per day.
     pub deployments_per_day: f64,
     /// Median lead time for changes, in milliseconds.
     pub lead_time_ms: Option<f64>,
-    /// Rolled-back over ended rollouts.
+    /// Failed over ended rollouts.
     pub change_failure_rate: Option<f64>,
     /// Median time to restore, in milliseconds.
     pub time_to_restore_ms: Option<f64>,
@@ -113,14 +115,17 @@ pub fn dora(
                         a.lead.push(end.saturating_sub(c) as f64);
                     }
                 }
-                RolloutState::RolledBack => {
+                RolloutState::RolledBack | RolloutState::RollbackFailed => {
                     a.failed += 1;
-                    let start = cloud_steps.iter().map(|s| s.started_ms).min();
-                    let restored = cloud_steps
+                    let rollbacks = cloud_steps
                         .iter()
-                        .filter(|s| s.step.kind == StepKind::Rollback)
-                        .filter_map(|s| s.finished_ms)
-                        .max();
+                        .filter(|s| s.step.kind == StepKind::Rollback);
+                    // Restored in this cloud only if every rollback there succeeded.
+                    if rollbacks.clone().any(|s| s.outcome != StepOutcome::Ok) {
+                        continue;
+                    }
+                    let start = cloud_steps.iter().map(|s| s.started_ms).min();
+                    let restored = rollbacks.filter_map(|s| s.finished_ms).max();
                     if let (Some(s), Some(e)) = (start, restored) {
                         a.restore.push(e.saturating_sub(s) as f64);
                     }

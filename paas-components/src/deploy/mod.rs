@@ -25,6 +25,8 @@
 //!   order, re-applies the spec that was in force before it (recorded in its step), or
 //!   deletes the workload if there was none. A failed rollout so leaves the previous version
 //!   everywhere, not a mix of versions across clouds; stages after the failed one never run.
+//!   A rollback step that fails does not stop the others; the rollout then ends as
+//!   `rollback_failed` rather than `rolled_back`, since the previous version may not run.
 //! - A region absent from the driver's targets is **lost**: its remove steps are recorded as
 //!   skipped (there is nothing left to remove); an apply step to it is an error
 //!   (`InvalidArgument`), since a plan must not place replicas there.
@@ -34,7 +36,8 @@
 //! Two collections (names from [`Records`]; default `deploy_rollouts`, `deploy_steps`):
 //!
 //! - `deploy_rollouts/<rollout id>`: a [`RolloutRecord`]: the request, the planned steps,
-//!   the state (`running`, `rolling_back`, `succeeded`, `rolled_back`), a cursor (steps
+//!   the state (`running`, `rolling_back`, `succeeded`, `rolled_back`,
+//!   `rollback_failed`), a cursor (steps
 //!   done), the driver that owns it, and times (unix milliseconds).
 //! - `deploy_steps/<rollout id>:<seq, 4 digits>`: a [`StepRecord`] per step: kind, unit,
 //!   region, cloud (the backend's provider), version, actor, start and end, outcome and
@@ -217,6 +220,9 @@ pub enum RolloutState {
     Succeeded,
     /// A stage failed and everything was undone.
     RolledBack,
+    /// A stage failed and at least one rollback step failed too: the previous version may
+    /// not run everywhere (see the step records); needs a person.
+    RollbackFailed,
 }
 
 /// The document `deploy_rollouts/<id>`.
@@ -243,6 +249,9 @@ pub struct RolloutRecord {
     /// When the rollout ended (unix ms).
     #[serde(default)]
     pub finished_ms: Option<u64>,
+    /// Rollback steps that failed.
+    #[serde(default)]
+    pub rollback_failures: u32,
 }
 
 /// The outcome of a step.
@@ -404,7 +413,9 @@ impl Driver {
         let mut done_here = 0u32;
         loop {
             match record.state {
-                RolloutState::Succeeded | RolloutState::RolledBack => {
+                RolloutState::Succeeded
+                | RolloutState::RolledBack
+                | RolloutState::RollbackFailed => {
                     return Ok(Progress::Done(record.state));
                 }
                 _ => {}
@@ -417,6 +428,7 @@ impl Driver {
             let Some(step) = record.steps.get(record.cursor as usize).cloned() else {
                 record.state = match record.state {
                     RolloutState::Running => RolloutState::Succeeded,
+                    _ if record.rollback_failures > 0 => RolloutState::RollbackFailed,
                     _ => RolloutState::RolledBack,
                 };
                 record.finished_ms = Some(now_ms());
@@ -426,7 +438,10 @@ impl Driver {
             let ok = self.do_step(&record, &step).await?;
             done_here += 1;
             record.cursor += 1;
-            if !ok && record.state == RolloutState::Running {
+            if !ok && record.state == RolloutState::RollingBack {
+                // Go on undoing the rest: each rollback is independent of the others.
+                record.rollback_failures += 1;
+            } else if !ok {
                 record.state = RolloutState::RollingBack;
                 record.failed_ms = Some(now_ms());
                 let undo = rollback_steps(&record.steps[..record.cursor as usize]);
@@ -471,6 +486,7 @@ impl Driver {
             commit_ms,
             failed_ms: None,
             finished_ms: None,
+            rollback_failures: 0,
         };
         let rev = self
             .store
