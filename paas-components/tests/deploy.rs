@@ -352,6 +352,94 @@ async fn a_stopped_driver_is_resumed_from_the_records_without_redoing_steps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drivers_on_one_rollout_do_not_both_go_on() {
+    let targets = sim_targets();
+    let store: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());
+    let a = Driver::new("a", targets.clone(), store.clone());
+    let b = Driver::new("b", targets.clone(), store.clone());
+    let request = v1();
+    let (ra, rb) = tokio::join!(a.run(&request), b.run(&request));
+    let mut done = 0;
+    let errors: Vec<String> = [&ra, &rb]
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    for r in [ra, rb] {
+        match r {
+            Ok(p) => {
+                assert_eq!(p, Progress::Done(RolloutState::Succeeded));
+                done += 1;
+            }
+            // The one that lost the claim stops at its next step.
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists
+                ),
+                "{e}"
+            ),
+        }
+    }
+    assert!(done >= 1, "{errors:?}");
+    // Each workload applied once (idempotent even when a step was taken over).
+    for (region, unit) in [
+        ("eu", "api"),
+        ("us", "api"),
+        ("asia", "api"),
+        ("asia", "worker"),
+    ] {
+        assert_eq!(
+            version_in(&targets, region, unit).await.unwrap().2,
+            1,
+            "{unit} in {region}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_step_finished_before_the_cursor_moved_keeps_its_outcome() {
+    let targets = sim_targets();
+    let store: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());
+    let first = Driver::new("d1", targets.clone(), store.clone()).with_step_limit(1);
+    assert_eq!(
+        first.run(&v1()).await.unwrap(),
+        Progress::Paused { cursor: 1 }
+    );
+    // A crash after step 1 (the gate) was recorded as failed but before the cursor moved.
+    let mut gate = first.steps("r1").await.unwrap()[0].clone();
+    gate.step = PlannedStep {
+        seq: 1,
+        stage: 0,
+        kind: StepKind::Gate,
+        unit: String::new(),
+        region: String::new(),
+        replicas: 0,
+        undoes: None,
+    };
+    gate.outcome = StepOutcome::Failed;
+    gate.detail = "recorded before the crash".into();
+    store
+        .put_as(
+            "deploy_steps",
+            "r1:0001",
+            &gate,
+            PutDocumentOptions::create(),
+        )
+        .await
+        .unwrap();
+    let second = Driver::new("d2", targets.clone(), store);
+    assert_eq!(
+        second.run(&v1()).await.unwrap(),
+        Progress::Done(RolloutState::RolledBack)
+    );
+    assert_eq!(
+        second.steps("r1").await.unwrap()[1].detail,
+        "recorded before the crash"
+    );
+    assert_eq!(version_in(&targets, "eu", "api").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_is_resumed_too() {
     let targets = sim_targets();
     let store: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());

@@ -47,14 +47,16 @@
 //!
 //! - **Crash of the driver.** Each step is written as `started` before it acts and updated
 //!   with its outcome after; the rollout's cursor moves after that. [`Driver::run`] on a
-//!   rollout that exists resumes at the cursor: steps before it are never redone; the step at
-//!   the cursor is done again, which is safe because [`Compute::apply`] is idempotent and the
-//!   previous spec is taken from the step's `started` record (not read again from a backend
-//!   that may already run the new version).
+//!   rollout that exists resumes at the cursor: steps before it are never redone. The step at
+//!   the cursor keeps its outcome if it has one (a crash between the step's write and the
+//!   cursor's); if it is only `started`, it is done again, which is safe because
+//!   [`Compute::apply`] is idempotent and the previous spec is taken from the `started`
+//!   record (not read again from a backend that may already run the new version).
 //! - **Two drivers.** Every cursor move is a conditional write on the rollout document's
 //!   revision, and a driver claims a rollout by such a write: a driver that lost the claim
-//!   gets `PreconditionFailed` at its next step and stops, so steps are not done twice in
-//!   parallel.
+//!   gets `PreconditionFailed` at its next write and stops. Step records are written
+//!   conditionally too; the owner that meets a conflict on one (the loser wrote it in the
+//!   meantime) does the step again from its record, so one driver finishes the rollout.
 //! - **Backend errors** during apply or remove fail the step and, like a failed gate, roll
 //!   the rollout back. Errors of the record store are returned as they are (retryable ones
 //!   stay retryable): the rollout is then resumable from its records.
@@ -411,6 +413,7 @@ impl Driver {
     pub async fn run(&self, request: &RolloutRequest) -> Result<Progress> {
         let (mut record, mut revision) = self.claim(request).await?;
         let mut done_here = 0u32;
+        let mut conflicts = 0u32;
         loop {
             match record.state {
                 RolloutState::Succeeded
@@ -435,7 +438,22 @@ impl Driver {
                 revision = self.save(&record, revision).await?;
                 continue;
             };
-            let ok = self.do_step(&record, &step).await?;
+            let ok = match self.do_step(&record, &step).await {
+                Ok(ok) => ok,
+                Err(e) if is_conflict(&e) => {
+                    // Another driver wrote this step's record. If it has taken the rollout
+                    // over, stop; if not (it lost the claim to us mid-step), it stops at its
+                    // next write, so do the step again from its record.
+                    let owner = self.rollout(&record.request.id).await?.map(|r| r.driver);
+                    conflicts += 1;
+                    if owner.as_deref() != Some(self.id.as_str()) || conflicts > 3 {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            conflicts = 0;
             done_here += 1;
             record.cursor += 1;
             if !ok && record.state == RolloutState::RollingBack {
@@ -515,6 +533,11 @@ impl Driver {
         let existing = self.store.get_as::<StepRecord>(col, &id).await?;
         // A step started before a crash keeps its first start and its previous spec.
         let (mut rec, rev) = match existing {
+            // Finished before the cursor moved (a crash between the two writes): its outcome
+            // stands, the step is not done again.
+            Some((rec, _)) if rec.outcome != StepOutcome::Started => {
+                return Ok(rec.outcome != StepOutcome::Failed);
+            }
             Some((rec, rev)) => (rec, Some(rev)),
             None => {
                 let previous = match (step.kind, target) {
@@ -713,6 +736,14 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// A conditional write lost to another writer.
+fn is_conflict(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed
+    )
 }
 
 /// The forward steps of a request.
