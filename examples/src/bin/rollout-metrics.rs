@@ -187,8 +187,11 @@ fn svg(rows: &[DoraRow]) -> String {
 
 async fn script(backend: &str, svg_path: &PathBuf) -> Result<(), String> {
     let model = Model::from_json(MODEL).map_err(|e| e.to_string())?;
+    // A model of five replicas: a short deterministic search is plenty (and quick in a
+    // debug build).
     let opts = SolveOptions {
         survivable: true,
+        max_scans: 20_000,
         ..SolveOptions::default()
     };
     let first = solve(&model, &opts).map_err(|e| e.to_string())?;
@@ -228,8 +231,11 @@ async fn script(backend: &str, svg_path: &PathBuf) -> Result<(), String> {
 
     // The gcp cloud is lost: re-plan from the running plan, apply only the difference.
     let down = model.with_provider_down("gcp");
-    let replan =
-        resolve(&down, &first.plan, &ResolveOptions::default()).map_err(|e| e.to_string())?;
+    let resolve_opts = ResolveOptions {
+        solve: opts.clone(),
+        ..ResolveOptions::default()
+    };
+    let replan = resolve(&down, &first.plan, &resolve_opts).map_err(|e| e.to_string())?;
     let new_placement = placement_of(&replan.plan);
     println!("re-plan without gcp: {:?}", new_placement.units);
     targets.remove("gcp-us");
