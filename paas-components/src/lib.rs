@@ -38,7 +38,9 @@
 //!   breaker, rate and concurrency limits, fault injection);
 //! - [`migrate`]: copy a prefix or a collection between any two backends of a trait;
 //! - [`multicloud`]: combinators over backends in several clouds: failover for every trait,
-//!   active-active replicated documents.
+//!   active-active replicated documents;
+//! - [`deploy`]: staged, gated rollouts of a placement over one compute backend per region,
+//!   with rollback, resumable records in a document store, and delivery (DORA) metrics.
 //!
 //! # Features
 //!
