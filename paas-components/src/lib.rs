@@ -40,6 +40,8 @@
 //! - [`multicloud`]: combinators over backends in several clouds: failover for every trait,
 //!   active-active replicated documents, cell routing and queues across clouds;
 //! - [`testing`] (feature `testing`): a cuttable TCP proxy for fault tests and game days.
+//! - [`deploy`]: staged, gated rollouts of a placement over one compute backend per region,
+//!   with rollback, resumable records in a document store, and delivery (DORA) metrics.
 //!
 //! # Features
 //!
@@ -89,6 +91,7 @@
 
 pub mod compute;
 pub mod database;
+pub mod deploy;
 pub mod layers;
 pub mod migrate;
 pub mod multicloud;
