@@ -51,7 +51,7 @@
 //! | `sim` (default) | compute simulator (`sim://`) |
 //! | `postgres` | PostgreSQL document store (`postgres://`) |
 //! | `mysql` | MariaDB / MySQL document store (`mysql://`, `mariadb://`) |
-//! | `redis` | Redis document store (`redis://`) |
+//! | `redis` | Redis document store and Redis Streams queue (`redis://`) |
 //! | `s3` | S3 blob store (`s3://`), through object_store |
 //! | `azure` | Azure Blob store (`azure://`), through object_store |
 //!
@@ -91,6 +91,8 @@ pub mod migrate;
 pub mod multicloud;
 pub mod queue;
 pub mod registry;
+#[cfg(feature = "redis")]
+mod redis_conn;
 #[cfg(feature = "sqlite")]
 mod sqlite_open;
 pub mod storage;

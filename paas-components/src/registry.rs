@@ -12,6 +12,7 @@
 //! | `postgres://…`, `postgresql://…` | document store | PostgreSQL | `postgres` | unknown |
 //! | `mysql://…`, `mariadb://…` | document store | MariaDB / MySQL | `mysql` | unknown |
 //! | `redis://…` | document store | Redis | `redis` | unknown |
+//! | `redis://…`, `rediss://…` | queue | Redis Streams | `redis` | unknown |
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
 //!
@@ -251,6 +252,16 @@ fn table() -> Vec<Row> {
             "redis",
             Open::Document(compiled!("redis", open::redis)),
         ),
+        row(
+            "redis",
+            "redis",
+            Open::Queue(compiled!("redis", open::redis_queue)),
+        ),
+        row(
+            "rediss",
+            "redis",
+            Open::Queue(compiled!("redis", open::redis_queue)),
+        ),
         row("s3", "s3", Open::Blob(compiled!("s3", open::s3))),
         row(
             "azure",
@@ -382,6 +393,14 @@ mod open {
         Box::pin(async move {
             let store = crate::database::RedisDocumentStore::connect(url.expose()).await?;
             Ok(Arc::new(store) as Arc<dyn DocumentStore>)
+        })
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn redis_queue(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let queue = crate::queue::RedisStreamsQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
         })
     }
 
