@@ -645,9 +645,6 @@ impl MessageQueue for RedisStreamsQueue {
         async move {
             checks::topic(BACKEND, topic)?;
             checks::batch(BACKEND, &self.capabilities(), &messages)?;
-            if messages.is_empty() {
-                return Ok(Vec::new());
-            }
             let mut inv = self.scripts.publish.prepare_invoke();
             inv.key(self.key('s', topic))
                 .key(self.key('u', topic))
