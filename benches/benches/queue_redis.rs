@@ -24,8 +24,25 @@ const MESSAGES: usize = 1000;
 const BATCH: usize = 100;
 const BODY: usize = 256;
 
-/// The adapter's work done with the native client: returns the wall time of one round.
-async fn native_round(conn: &mut ConnectionManager, key: &str, group: &str) -> Duration {
+/// The check-and-ack the adapter's ack script does (see `redis_streams/scripts.rs`), for the
+/// diagnostic round that acks through it: how much of the gap is the script on the server.
+const CHECKED_ACK: &str = r#"
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if p.err then return -2 end
+if #p == 0 then return 0 end
+if tonumber(p[1][4]) ~= tonumber(ARGV[3]) then return 2 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// The adapter's work done with the native client: returns the wall time of one round. With
+/// `checked`, each ack goes through [`CHECKED_ACK`] instead of a plain XACK.
+async fn native_round(
+    conn: &mut ConnectionManager,
+    key: &str,
+    group: &str,
+    checked: Option<&redis::Script>,
+) -> Duration {
     let body = vec![b'x'; BODY];
     let start = Instant::now();
     let mut sent = 0;
@@ -59,13 +76,23 @@ async fn native_round(conn: &mut ConnectionManager, key: &str, group: &str) -> D
         );
         for (id, body) in entries(reply) {
             assert_eq!(body.len(), BODY);
-            let _: i64 = redis::cmd("XACK")
-                .arg(key)
-                .arg(group)
-                .arg(&id)
-                .query_async(conn)
-                .await
-                .expect("xack");
+            let _: i64 = match checked {
+                None => redis::cmd("XACK")
+                    .arg(key)
+                    .arg(group)
+                    .arg(&id)
+                    .query_async(conn)
+                    .await
+                    .expect("xack"),
+                Some(script) => script
+                    .key(key)
+                    .arg(group)
+                    .arg(&id)
+                    .arg(1)
+                    .invoke_async(conn)
+                    .await
+                    .expect("checked ack"),
+            };
             received += 1;
         }
     }
@@ -116,8 +143,9 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let ns = format!("bench-{}", std::process::id());
     let sep = if url.contains('?') { '&' } else { '?' };
-    let adapter = match rt.block_on(RedisStreamsQueue::connect(&format!("{url}{sep}prefix={ns}")))
-    {
+    let adapter = match rt.block_on(RedisStreamsQueue::connect(&format!(
+        "{url}{sep}prefix={ns}"
+    ))) {
         Ok(q) => q,
         Err(e) => {
             eprintln!("redis queue bench: no server ({e}); see SERVICES.md. Nothing was measured.");
@@ -142,9 +170,8 @@ fn main() {
                 .query_async(&mut native),
         )
         .expect("native group");
-    let adapter_round = || {
-        benches::queue::publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY)
-    };
+    let adapter_round =
+        || benches::queue::publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY);
 
     let mut c = Criterion::default()
         .sample_size(10)
@@ -170,7 +197,7 @@ fn main() {
                 async move {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        total += native_round(&mut conn, &key, native_group).await;
+                        total += native_round(&mut conn, &key, native_group, None).await;
                     }
                     total
                 }
@@ -182,14 +209,16 @@ fn main() {
 
     // Alternating rounds, so both sides see the same machine load.
     let rounds = 15;
-    let (mut a, mut n) = (Vec::new(), Vec::new());
+    let checked = redis::Script::new(CHECKED_ACK);
+    let (mut a, mut n, mut s) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         for _ in 0..rounds {
             a.push(adapter_round().await);
-            n.push(native_round(&mut native, &native_key, native_group).await);
+            n.push(native_round(&mut native, &native_key, native_group, None).await);
+            s.push(native_round(&mut native, &native_key, native_group, Some(&checked)).await);
         }
     });
-    let (a, n) = (median(a), median(n));
+    let (a, n, s) = (median(a), median(n), median(s));
     let per_s = |d: Duration| MESSAGES as f64 / d.as_secs_f64();
     println!(
         "redis_streams alternating, {rounds} rounds of {MESSAGES} messages (batch {BATCH}, \
@@ -198,6 +227,13 @@ fn main() {
         per_s(a),
         per_s(n),
         n.as_secs_f64() / a.as_secs_f64()
+    );
+    println!(
+        "diagnostic: native with the adapter's check-and-ack script instead of XACK: median \
+         {s:?} ({:.0} msg/s), ratio native/that = {:.3}; adapter vs that = {:.3}",
+        per_s(s),
+        n.as_secs_f64() / s.as_secs_f64(),
+        s.as_secs_f64() / a.as_secs_f64()
     );
 
     rt.block_on(async {

@@ -90,9 +90,9 @@ pub mod layers;
 pub mod migrate;
 pub mod multicloud;
 pub mod queue;
-pub mod registry;
 #[cfg(feature = "redis")]
 mod redis_conn;
+pub mod registry;
 #[cfg(feature = "sqlite")]
 mod sqlite_open;
 pub mod storage;

@@ -204,9 +204,12 @@ async fn trimming_never_drops_pending_entries() {
         q.create_group("trim", "fast", long.clone()).await.unwrap();
         q.create_group("trim", "slow", long).await.unwrap();
         let sent: Vec<String> = (0..50).map(|i| format!("m{i:02}")).collect();
-        q.publish_batch("trim", sent.iter().map(|s| Message::new(s.clone())).collect())
-            .await
-            .unwrap();
+        q.publish_batch(
+            "trim",
+            sent.iter().map(|s| Message::new(s.clone())).collect(),
+        )
+        .await
+        .unwrap();
         // The fast group takes and acknowledges everything.
         let mut fast = Vec::new();
         while fast.len() < 50 {
@@ -224,11 +227,21 @@ async fn trimming_never_drops_pending_entries() {
             q.ack("trim", "slow", &m.receipt).await.unwrap();
         }
         // A receive trims: to the slow group's oldest pending entry, no further.
-        assert!(q.receive("trim", "fast", opts(10, 0)).await.unwrap().is_empty());
+        assert!(
+            q.receive("trim", "fast", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(xlen(&mut conn, &stream).await, 40);
         // Past the 1 s deadline the pending 10 come back, intact, then the other 30.
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        assert!(q.receive("trim", "fast", opts(10, 0)).await.unwrap().is_empty());
+        assert!(
+            q.receive("trim", "fast", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(xlen(&mut conn, &stream).await, 40, "pending entries kept");
         let mut slow: BTreeSet<String> = slow_first[..10].iter().map(body).collect();
         let start = Instant::now();
@@ -239,8 +252,17 @@ async fn trimming_never_drops_pending_entries() {
             }
         }
         assert_eq!(slow, sent.iter().cloned().collect::<BTreeSet<_>>());
-        assert!(q.receive("trim", "slow", opts(10, 0)).await.unwrap().is_empty());
-        assert_eq!(xlen(&mut conn, &stream).await, 0, "all acknowledged: trimmed");
+        assert!(
+            q.receive("trim", "slow", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            xlen(&mut conn, &stream).await,
+            0,
+            "all acknowledged: trimmed"
+        );
         // Deleting the last group lets the topic drop what only that group still had.
         q.publish("trim", Message::new("late")).await.unwrap();
         q.delete_group("trim", "fast").await.unwrap();
@@ -307,7 +329,9 @@ async fn fault_cut_and_restore_loses_nothing() {
         .unwrap();
 
         // Before the cut: one message acknowledged, two delivered and left unacknowledged.
-        q.publish(topic, Message::new("acked-before")).await.unwrap();
+        q.publish(topic, Message::new("acked-before"))
+            .await
+            .unwrap();
         let m = q.receive(topic, group, opts(1, 2000)).await.unwrap();
         assert_eq!(body(&m[0]), "acked-before");
         q.ack(topic, group, &m[0].receipt).await.unwrap();
@@ -414,7 +438,11 @@ async fn fault_cut_and_restore_loses_nothing() {
         // Drain: every acknowledged publish and every unacknowledged delivery arrives.
         let mut want: BTreeSet<String> = published.iter().cloned().collect();
         want.extend(["unacked-1", "unacked-2", "after"].map(String::from));
-        let mut state = Arc::try_unwrap(consumed).ok().unwrap().into_inner().unwrap();
+        let mut state = Arc::try_unwrap(consumed)
+            .ok()
+            .unwrap()
+            .into_inner()
+            .unwrap();
         let drain_until = Instant::now() + Duration::from_secs(30);
         while !want.iter().all(|w| state.acked.contains(w)) && Instant::now() < drain_until {
             for m in q.receive(topic, group, opts(100, 500)).await.unwrap() {
@@ -440,7 +468,11 @@ async fn fault_cut_and_restore_loses_nothing() {
         let Value::Array(summary) = pending else {
             panic!("XPENDING summary: {pending:?}")
         };
-        assert_eq!(summary.first(), Some(&Value::Int(0)), "nothing left pending");
+        assert_eq!(
+            summary.first(),
+            Some(&Value::Int(0)),
+            "nothing left pending"
+        );
         assert!(
             !state.delivered.iter().any(|d| d == "acked-before"),
             "a message acknowledged before the cut came back"

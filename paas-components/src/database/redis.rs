@@ -9,8 +9,8 @@ use cloud_abstraction::database::{
     WriteCondition, WriteOp, WriteOutcome, matches_filters, page_limit,
 };
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
-use redis::aio::ConnectionManager;
 use redis::Script;
+use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;

@@ -16,7 +16,9 @@
 //!   - `{ns}:c:T`: each group's `XAUTOCLAIM` cursor, so that expired leases anywhere in a
 //!     long pending list are found, not only at its start.
 //!   - `{ns}:h:T`: the **holds**, a sorted set of `"<group> <entry id>"` scored by the time
-//!     (ms) until which a nacked-with-delay or extended delivery must not be claimed.
+//!     (ms) until which a nacked-with-delay or extended delivery must not be claimed. An ack
+//!     leaves the hold to run out (it has no effect on an acknowledged entry) and a receive
+//!     prunes the holds whose time has passed, so the ack stays one check and one `XACK`.
 //!   - `{ns}:u:T`: **de-duplication**, a sorted set of message ids scored by when they leave
 //!     the window (default 5 minutes).
 //! - **Leases** are Redis' own: a delivered entry sits in the group's pending list (PEL), and
@@ -263,7 +265,10 @@ fn message_of(id: &Value, count: i64, fields: &Value) -> Result<ReceivedMessage>
             .and_then(|(t, _)| t.parse().ok())
             .ok_or_else(err)?,
     };
-    let count = u64::try_from(count).ok().filter(|c| *c >= 1).ok_or_else(err)?;
+    let count = u64::try_from(count)
+        .ok()
+        .filter(|c| *c >= 1)
+        .ok_or_else(err)?;
     Ok(ReceivedMessage {
         id: message_id.unwrap_or_else(|| entry.to_string()),
         body,
@@ -407,7 +412,8 @@ impl RedisStreamsQueue {
             BACKEND,
             self.timeout,
             "receive",
-            self.client.get_multiplexed_async_connection_with_config(&config),
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
         )
         .await
         .map_err(|e| redis_conn::unreachable_if_internal(BACKEND, e))
@@ -434,27 +440,25 @@ impl RedisStreamsQueue {
             .arg("STREAMS")
             .arg(self.key('s', topic))
             .arg(">");
-        let reply = match tokio::time::timeout(
-            block + self.timeout,
-            cmd.query_async::<Value>(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) => {
-                self.keep_blocking(conn);
-                return Ok(None);
-            }
-            // The connection is dropped: after a timeout it may still be blocked.
-            Ok(Err(e)) => return Err(redis_conn::map_err(BACKEND, "receive", e)),
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::DeadlineExceeded,
-                    BACKEND,
-                    "receive: the Redis server did not answer in time",
-                ));
-            }
-        };
+        let reply =
+            match tokio::time::timeout(block + self.timeout, cmd.query_async::<Value>(&mut conn))
+                .await
+            {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")) => {
+                    self.keep_blocking(conn);
+                    return Ok(None);
+                }
+                // The connection is dropped: after a timeout it may still be blocked.
+                Ok(Err(e)) => return Err(redis_conn::map_err(BACKEND, "receive", e)),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::DeadlineExceeded,
+                        BACKEND,
+                        "receive: the Redis server did not answer in time",
+                    ));
+                }
+            };
         self.keep_blocking(conn);
         // `[[stream, [[id, fields]...]]]`, or nil when the wait ran out.
         let entries = match &reply {
@@ -548,7 +552,12 @@ impl MessageQueue for RedisStreamsQueue {
     }
 
     async fn create_topic(&self, topic: &str) -> Result<()> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "create_topic", topic);
+        let span = tracing::debug_span!(
+            "queue",
+            backend = BACKEND,
+            operation = "create_topic",
+            topic
+        );
         async move {
             checks::topic(BACKEND, topic)?;
             let mut inv = self.scripts.create_topic.prepare_invoke();
@@ -561,7 +570,12 @@ impl MessageQueue for RedisStreamsQueue {
     }
 
     async fn delete_topic(&self, topic: &str) -> Result<()> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "delete_topic", topic);
+        let span = tracing::debug_span!(
+            "queue",
+            backend = BACKEND,
+            operation = "delete_topic",
+            topic
+        );
         async move {
             checks::topic(BACKEND, topic)?;
             let mut cmd = redis::cmd("DEL");
@@ -583,7 +597,13 @@ impl MessageQueue for RedisStreamsQueue {
     }
 
     async fn create_group(&self, topic: &str, group: &str, options: GroupOptions) -> Result<()> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "create_group", topic, group);
+        let span = tracing::debug_span!(
+            "queue",
+            backend = BACKEND,
+            operation = "create_group",
+            topic,
+            group
+        );
         async move {
             checks::topic_group(BACKEND, topic, group)?;
             checks::group_options(BACKEND, &self.capabilities(), topic, &options)?;
@@ -618,7 +638,13 @@ impl MessageQueue for RedisStreamsQueue {
     }
 
     async fn delete_group(&self, topic: &str, group: &str) -> Result<()> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "delete_group", topic, group);
+        let span = tracing::debug_span!(
+            "queue",
+            backend = BACKEND,
+            operation = "delete_group",
+            topic,
+            group
+        );
         async move {
             checks::topic_group(BACKEND, topic, group)?;
             let mut inv = self.scripts.delete_group.prepare_invoke();
@@ -641,7 +667,13 @@ impl MessageQueue for RedisStreamsQueue {
     }
 
     async fn publish_batch(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<String>> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "publish", topic, count = messages.len());
+        let span = tracing::debug_span!(
+            "queue",
+            backend = BACKEND,
+            operation = "publish",
+            topic,
+            count = messages.len()
+        );
         async move {
             checks::topic(BACKEND, topic)?;
             checks::batch(BACKEND, &self.capabilities(), &messages)?;
@@ -676,7 +708,14 @@ impl MessageQueue for RedisStreamsQueue {
         group: &str,
         options: ReceiveOptions,
     ) -> Result<Vec<ReceivedMessage>> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "receive", topic, group, max = options.max_messages);
+        let span = tracing::debug_span!(
+            "queue",
+            backend = BACKEND,
+            operation = "receive",
+            topic,
+            group,
+            max = options.max_messages
+        );
         async move {
             checks::topic_group(BACKEND, topic, group)?;
             checks::receive(BACKEND, &options)?;
@@ -706,13 +745,13 @@ impl MessageQueue for RedisStreamsQueue {
     }
 
     async fn ack(&self, topic: &str, group: &str, receipt: &str) -> Result<()> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "ack", topic, group);
+        let span =
+            tracing::debug_span!("queue", backend = BACKEND, operation = "ack", topic, group);
         async move {
             checks::topic_group(BACKEND, topic, group)?;
             let (entry, count) = parse_receipt(&self.receipts, receipt)?;
             let mut inv = self.scripts.ack.prepare_invoke();
             inv.key(self.key('s', topic))
-                .key(self.key('h', topic))
                 .arg(group)
                 .arg(entry)
                 .arg(count);
@@ -730,7 +769,8 @@ impl MessageQueue for RedisStreamsQueue {
     }
 
     async fn nack(&self, topic: &str, group: &str, receipt: &str, delay: Duration) -> Result<()> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "nack", topic, group);
+        let span =
+            tracing::debug_span!("queue", backend = BACKEND, operation = "nack", topic, group);
         async move {
             checks::topic_group(BACKEND, topic, group)?;
             checks::nack_delay(BACKEND, &self.capabilities(), delay)?;
@@ -747,7 +787,13 @@ impl MessageQueue for RedisStreamsQueue {
         receipt: &str,
         extension: Duration,
     ) -> Result<()> {
-        let span = tracing::debug_span!("queue", backend = BACKEND, operation = "extend_deadline", topic, group);
+        let span = tracing::debug_span!(
+            "queue",
+            backend = BACKEND,
+            operation = "extend_deadline",
+            topic,
+            group
+        );
         async move {
             checks::topic_group(BACKEND, topic, group)?;
             checks::lease(BACKEND, "lease extension", extension)?;

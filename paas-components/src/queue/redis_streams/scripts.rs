@@ -187,6 +187,7 @@ local now = now_ms()
 local want = tonumber(ARGV[2])
 local out = {0}
 local got = 0
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local cursor = redis.call('HGET', KEYS[3], ARGV[1]) or '0-0'
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[3], deadline, cursor, 'COUNT', want)
 redis.call('HSET', KEYS[3], ARGV[1], claimed[1])
@@ -221,17 +222,22 @@ return out
 "#
 );
 
-/// KEYS: stream, holds. ARGV: group, entry id, delivery count. Returns 1 (acknowledged),
-/// 0 (not pending: acknowledged before), 2 (stale: delivered again since), -1 (no topic),
-/// -2 (no group).
+/// KEYS: stream. ARGV: group, entry id, delivery count. Returns 1 (acknowledged), 0 (not
+/// pending: acknowledged before), 2 (stale: delivered again since), -1 (no topic), -2 (no
+/// group).
+///
+/// The hot path, so it does the least: the check and the XACK. A hold the entry may still
+/// have is left to run out (a receive prunes holds whose time has passed; an acknowledged
+/// entry is never claimed again, so its hold has no effect).
 const ACK: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if p.err then return -2 end
+if p.err then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+  return -2
+end
 if #p == 0 then return 0 end
 if tonumber(p[1][4]) ~= tonumber(ARGV[3]) then return 2 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[1] .. ' ' .. ARGV[2])
 return 1
 "#;
 
