@@ -54,7 +54,7 @@
 //! | `sim` (default) | compute simulator (`sim://`) |
 //! | `postgres` | PostgreSQL document store (`postgres://`) |
 //! | `mysql` | MariaDB / MySQL document store (`mysql://`, `mariadb://`) |
-//! | `redis` | Redis document store (`redis://`) |
+//! | `redis` | Redis document store and Redis Streams queue (`redis://`) |
 //! | `s3` | S3 blob store (`s3://`), through object_store |
 //! | `azure` | Azure Blob store (`azure://`), through object_store |
 //! | `placement` | cell placements from a survivable `cloud-placement` plan |
@@ -96,6 +96,8 @@ pub mod layers;
 pub mod migrate;
 pub mod multicloud;
 pub mod queue;
+#[cfg(feature = "redis")]
+mod redis_conn;
 pub mod registry;
 #[cfg(feature = "sqlite")]
 mod sqlite_open;

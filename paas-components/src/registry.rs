@@ -13,6 +13,7 @@
 //! | `postgres://…`, `postgresql://…` | document store | PostgreSQL | `postgres` | unknown |
 //! | `mysql://…`, `mariadb://…` | document store | MariaDB / MySQL | `mysql` | unknown |
 //! | `redis://…` | document store | Redis | `redis` | unknown |
+//! | `redis://…`, `rediss://…` | queue | Redis Streams | `redis` | unknown |
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
 //! | `mqtt://…`, `mqtts://…` | queue | MQTT 5 broker (`mqtts` is `Unsupported`: no TLS without `ring` in rumqttc) | `mqtt` | unknown |
@@ -265,6 +266,16 @@ fn table() -> Vec<Row> {
         ),
         row("mqtt", "mqtt", Open::Queue(compiled!("mqtt", open::mqtt))),
         row("mqtts", "mqtt", Open::Queue(compiled!("mqtt", open::mqtt))),
+        row(
+            "redis",
+            "redis",
+            Open::Queue(compiled!("redis", open::redis_queue)),
+        ),
+        row(
+            "rediss",
+            "redis",
+            Open::Queue(compiled!("redis", open::redis_queue)),
+        ),
         row("s3", "s3", Open::Blob(compiled!("s3", open::s3))),
         row(
             "azure",
@@ -403,6 +414,14 @@ mod open {
     pub(super) fn mqtt(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
         Box::pin(async move {
             let queue = crate::queue::MqttQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
+        })
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn redis_queue(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let queue = crate::queue::RedisStreamsQueue::connect(url.expose()).await?;
             Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
         })
     }

@@ -8,9 +8,9 @@ use cloud_abstraction::database::{
     DatabaseCapabilities, Document, DocumentStore, PutDocumentOptions, Query, QueryPage, Revision,
     WriteCondition, WriteOp, WriteOutcome, matches_filters, page_limit,
 };
-use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, ResourceUrl, Result, validate};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, Result, validate};
+use redis::Script;
+use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
@@ -21,8 +21,6 @@ use tracing::Instrument;
 const BACKEND: &str = "redis";
 /// The namespace of a store opened without one.
 const DEFAULT_NAMESPACE: &str = "docs";
-/// The bound of every call, unless configured otherwise.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many ids a query reads from the index (and documents it fetches) per round trip.
 const QUERY_CHUNK: usize = 200;
 /// The most operations in one batch: the batch script runs as one atomic step and blocks
@@ -288,51 +286,6 @@ impl fmt::Debug for RedisDocumentStore {
     }
 }
 
-/// `true`/`false` (also `1`/`0`, `yes`/`no`) for a boolean URL parameter.
-fn parse_flag(name: &str, value: &str) -> Result<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(Error::invalid(
-            BACKEND,
-            format!("`{name}` is `true` or `false`, not `{value}`"),
-        )),
-    }
-}
-
-/// Maps a Redis error to the portable kinds; the message names the operation only.
-fn map_err(operation: &str, e: RedisError) -> Error {
-    if let Some(tls) = crate::tls::failure(BACKEND, operation, &e) {
-        return tls.with_source(e);
-    }
-    let kind = if e.is_timeout() {
-        ErrorKind::DeadlineExceeded
-    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
-        ErrorKind::Unavailable
-    } else if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        ErrorKind::Unauthenticated
-    } else {
-        match e.code() {
-            Some("NOAUTH" | "WRONGPASS") => ErrorKind::Unauthenticated,
-            Some("NOPERM") => ErrorKind::PermissionDenied,
-            Some("OOM") => ErrorKind::ResourceExhausted,
-            Some(
-                "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN"
-                | "MOVED" | "ASK",
-            ) => ErrorKind::Unavailable,
-            _ => ErrorKind::Internal,
-        }
-    };
-    let message = match kind {
-        ErrorKind::Unavailable => format!("{operation}: the Redis server is not reachable"),
-        ErrorKind::DeadlineExceeded => {
-            format!("{operation}: the Redis server did not answer in time")
-        }
-        _ => format!("{operation} failed"),
-    };
-    Error::new(kind, BACKEND, message).with_source(e)
-}
-
 fn mode_of(condition: WriteCondition) -> (&'static str, String) {
     match condition {
         WriteCondition::Any => (MODE_ANY, String::new()),
@@ -391,111 +344,17 @@ impl RedisDocumentStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let span = tracing::debug_span!("database", backend = BACKEND, operation = "connect");
         async move {
-            let mut parsed = url::Url::parse(url)
-                .map_err(|e| Error::invalid(BACKEND, format!("malformed Redis URL: {e}")))?;
-            if !matches!(parsed.scheme(), "redis" | "rediss") {
-                return Err(Error::invalid(
-                    BACKEND,
-                    format!(
-                        "a Redis URL starts with `redis://`, not `{}://`",
-                        parsed.scheme()
-                    ),
-                ));
-            }
-            let location = ResourceUrl::parse(url)
-                .and_then(|u| Location::from_url(&u))
-                .map_err(|e| Error::invalid(BACKEND, e.message()))?
-                .unwrap_or_else(Location::unknown);
-            let mut namespace = DEFAULT_NAMESPACE.to_string();
-            let mut ca_file = None;
-            let mut insecure = false;
-            let mut rest = Vec::new();
-            for (k, v) in parsed.query_pairs() {
-                if Location::URL_PARAMS.contains(&k.as_ref()) {
-                    continue;
-                }
-                match k.as_ref() {
-                    "prefix" => namespace = v.into_owned(),
-                    "ca_file" => ca_file = Some(v.into_owned()),
-                    "insecure" => insecure = parse_flag("insecure", &v)?,
-                    _ => rest.push((k.into_owned(), v.into_owned())),
-                }
-            }
-            validate::resource_name(BACKEND, "key namespace", &namespace)?;
-            let tls = parsed.scheme() == "rediss";
-            if !tls && (ca_file.is_some() || insecure) {
-                return Err(Error::invalid(
-                    BACKEND,
-                    "`ca_file` and `insecure` need TLS: use a `rediss://` URL",
-                ));
-            }
-            if insecure && ca_file.is_some() {
-                return Err(Error::invalid(
-                    BACKEND,
-                    "`insecure` turns certificate checks off; it cannot be combined with `ca_file`",
-                ));
-            }
-            if rest.is_empty() {
-                parsed.set_query(None);
-            } else {
-                parsed.query_pairs_mut().clear().extend_pairs(rest);
-            }
-            if insecure {
-                // The crate's spelling of the same switch.
-                parsed.set_fragment(Some("insecure"));
-            }
-            if tls {
-                // The crate builds its rustls configuration from the process default.
-                crate::tls::ensure_default_provider();
-            }
-            // The crate's own messages may quote the URL: keep them out of ours.
-            let invalid =
-                |_| Error::invalid(BACKEND, "the Redis URL is not a valid connection string");
-            let client = match ca_file {
-                Some(path) => {
-                    let pem = crate::tls::read_ca_file(BACKEND, "ca_file", &path)?;
-                    let certs = redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    };
-                    redis::Client::build_with_tls(parsed.as_str(), certs).map_err(invalid)?
-                }
-                None => redis::Client::open(parsed.as_str()).map_err(invalid)?,
-            };
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(3)))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            let conn = match tokio::time::timeout(
-                DEFAULT_TIMEOUT,
-                ConnectionManager::new_with_config(client, config),
-            )
-            .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => {
-                    let err = map_err("connect", e);
-                    // A refused or failed connect is the server being away, not a bug.
-                    return Err(if err.kind() == ErrorKind::Internal {
-                        Error::unavailable(BACKEND, "connect: the Redis server is not reachable")
-                    } else {
-                        err
-                    });
-                }
-                Err(_) => {
-                    return Err(Error::new(
-                        ErrorKind::DeadlineExceeded,
-                        BACKEND,
-                        "connect: the Redis server did not answer in time",
-                    ));
-                }
-            };
+            let crate::redis_conn::Connected {
+                conn,
+                namespace,
+                location,
+                ..
+            } = crate::redis_conn::connect(BACKEND, url, DEFAULT_NAMESPACE).await?;
             Ok(Self {
                 conn,
                 namespace,
                 location,
-                timeout: DEFAULT_TIMEOUT,
+                timeout: crate::redis_conn::DEFAULT_TIMEOUT,
                 scripts: Arc::new(Scripts::new()),
             })
         }
@@ -579,18 +438,7 @@ impl RedisDocumentStore {
         operation: &str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(map_err(operation, e)),
-            Err(_) => Err(Error::new(
-                ErrorKind::DeadlineExceeded,
-                BACKEND,
-                format!(
-                    "{operation}: the Redis server did not answer within {:?}",
-                    self.timeout
-                ),
-            )),
-        }
+        crate::redis_conn::bounded(BACKEND, self.timeout, operation, fut).await
     }
 
     async fn call<T: redis::FromRedisValue>(&self, operation: &str, cmd: &redis::Cmd) -> Result<T> {

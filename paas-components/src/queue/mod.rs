@@ -5,6 +5,7 @@
 //! | in-memory | `memory` | [`MemoryQueue`] | no | every capability except durability; for tests and single-process services |
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
 //! | MQTT 5 | `mqtt` | `MqttQueue` | broker's | shared subscriptions as groups; no nack, leases, dead letters, attempt counts, ids; receipts per handle |
+//! | Redis Streams | `redis` | [`RedisStreamsQueue`] | server's | no ordering keys, no delayed publish; receipts work on every handle |
 //!
 //! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
 //! today `open_queue` knows `mem://` and `sqlite://` only.
@@ -26,6 +27,8 @@ pub(crate) mod emulation;
 pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "redis")]
+pub mod redis_streams;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -33,6 +36,8 @@ pub mod sqlite;
 pub use memory::MemoryQueue;
 #[cfg(feature = "mqtt")]
 pub use mqtt::MqttQueue;
+#[cfg(feature = "redis")]
+pub use redis_streams::RedisStreamsQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 

@@ -1,0 +1,490 @@
+//! The Redis Streams queue against the real server (SERVICES.md: 127.0.0.1:6379, no auth):
+//! the whole queue kit, the peer cases with two separate connections, the model test, the
+//! trim rule (never drop what a group still has pending), and a fault test through a TCP
+//! proxy that is cut and restored while publishers and consumers run.
+//!
+//! Each test works in a key namespace of its own (a unique `prefix`) and deletes every key of
+//! it at the end (SCAN + DEL), whatever the outcome.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use cloud_abstraction::queue::{GroupOptions, Message, MessageQueue, ReceiveOptions};
+use cloud_abstraction::testkit::{queue, unique_name};
+use cloud_abstraction::{ErrorKind, Location};
+use paas_components::queue::RedisStreamsQueue;
+use redis::Value;
+use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::TcpProxy;
+
+const DEFAULT_URL: &str = "redis://127.0.0.1:6379/0";
+
+async fn url() -> Option<String> {
+    support::server_url("REDIS_TEST_URL", DEFAULT_URL, "127.0.0.1:6379").await
+}
+
+fn with_prefix(url: &str, ns: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}prefix={ns}")
+}
+
+/// Runs `test` in a fresh namespace and deletes the namespace afterwards, also on failure.
+async fn in_namespace<F, Fut>(url: &str, test: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let ns = unique_name("mq-");
+    let outcome = tokio::spawn(test(ns.clone())).await;
+    support::redis_drop_namespace(url, &ns).await;
+    outcome.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+}
+
+async fn direct(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("XLEN").arg(key).query_async(conn).await.unwrap()
+}
+
+fn opts(max: usize, wait_ms: u64) -> ReceiveOptions {
+    ReceiveOptions {
+        max_messages: max,
+        wait: Duration::from_millis(wait_ms),
+    }
+}
+
+fn body(m: &cloud_abstraction::queue::ReceivedMessage) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite() {
+    let Some(url) = url().await else { return };
+    let u = url.clone();
+    in_namespace(&url, |ns| async move {
+        let q = RedisStreamsQueue::connect(&with_prefix(&u, &ns))
+            .await
+            .unwrap()
+            .with_location(Location::new("onprem", "lab"));
+        assert_eq!(q.namespace(), ns);
+        assert_eq!(q.info().backend, "redis-streams");
+        let report = queue::run_suite(Arc::new(q)).await;
+        assert!(report.failed.is_empty());
+        assert_eq!(report.passed.len(), queue::cases().len());
+        // The kit deletes its topics: nothing of the namespace is left.
+        let mut conn = direct(&u).await;
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{ns}}}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "the suite left keys behind: {left:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_suite_on_two_connections() {
+    let Some(url) = url().await else { return };
+    let u = url.clone();
+    in_namespace(&url, |ns| async move {
+        let a = RedisStreamsQueue::connect(&with_prefix(&u, &ns))
+            .await
+            .unwrap();
+        let b = RedisStreamsQueue::connect(&with_prefix(&u, &ns))
+            .await
+            .unwrap();
+        let report = queue::run_peer_suite(Arc::new(a), Arc::new(b)).await;
+        assert_eq!(report.passed.len(), queue::peer_cases().len());
+    })
+    .await;
+}
+
+#[test]
+fn model_test() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = rt.block_on(url()) else {
+        return;
+    };
+    let ns = unique_name("mq-");
+    let outcome = std::panic::catch_unwind(|| {
+        queue::run_model_test(|| async {
+            Arc::new(
+                RedisStreamsQueue::connect(&url)
+                    .await
+                    .unwrap()
+                    .with_namespace(&ns)
+                    .unwrap(),
+            ) as Arc<dyn MessageQueue>
+        })
+    });
+    rt.block_on(support::redis_drop_namespace(&url, &ns));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn bad_urls_fail_cleanly_without_echoing_secrets() {
+    for bad in [
+        "redis://app:hunter2@[::1:6379/0",
+        "nats://app:hunter2@127.0.0.1:6379/0",
+        "redis://app:hunter2@127.0.0.1:6379/0?prefix=bad%20name",
+        "redis://app:hunter2@127.0.0.1:6379/0?ca_file=/etc/hosts",
+    ] {
+        let err = RedisStreamsQueue::connect(bad).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad}: {err}");
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+    }
+    let err = RedisStreamsQueue::connect("redis://app:hunter2@127.0.0.1:1/0")
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opened_by_url_through_the_registry() {
+    let Some(url) = url().await else { return };
+    let u = url.clone();
+    in_namespace(&url, |ns| async move {
+        let q = paas_components::registry::open_queue(&format!(
+            "{}&region=eu-1&provider=onprem",
+            with_prefix(&u, &ns)
+        ))
+        .await
+        .unwrap();
+        assert_eq!(q.info().backend, "redis-streams");
+        assert_eq!(q.info().location.region, "eu-1");
+        q.create_topic("t").await.unwrap();
+        q.create_group("t", "g", GroupOptions::default())
+            .await
+            .unwrap();
+        q.publish("t", Message::new("via registry")).await.unwrap();
+        let got = q.receive("t", "g", opts(1, 2000)).await.unwrap();
+        assert_eq!(body(&got[0]), "via registry");
+        // The documented layout: the topic is the stream `{ns}:s:t`.
+        let mut conn = direct(&u).await;
+        assert_eq!(xlen(&mut conn, &format!("{{{ns}}}:s:t")).await, 1);
+        q.ack("t", "g", &got[0].receipt).await.unwrap();
+    })
+    .await;
+}
+
+/// A slow group keeps the entries a fast group has acknowledged: the trim only removes what
+/// every group has acknowledged, and the slow group gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_never_drops_pending_entries() {
+    let Some(url) = url().await else { return };
+    let u = url.clone();
+    in_namespace(&url, |ns| async move {
+        let q = RedisStreamsQueue::connect(&with_prefix(&u, &ns))
+            .await
+            .unwrap();
+        let mut conn = direct(&u).await;
+        let stream = format!("{{{ns}}}:s:trim");
+        q.create_topic("trim").await.unwrap();
+        // Without groups a topic keeps nothing.
+        q.publish("trim", Message::new("nobody")).await.unwrap();
+        assert_eq!(xlen(&mut conn, &stream).await, 0);
+        let long = GroupOptions {
+            ack_deadline: Duration::from_secs(1),
+            ..GroupOptions::default()
+        };
+        q.create_group("trim", "fast", long.clone()).await.unwrap();
+        q.create_group("trim", "slow", long).await.unwrap();
+        let sent: Vec<String> = (0..50).map(|i| format!("m{i:02}")).collect();
+        q.publish_batch(
+            "trim",
+            sent.iter().map(|s| Message::new(s.clone())).collect(),
+        )
+        .await
+        .unwrap();
+        // The fast group takes and acknowledges everything.
+        let mut fast = Vec::new();
+        while fast.len() < 50 {
+            let got = q.receive("trim", "fast", opts(50, 500)).await.unwrap();
+            for m in got {
+                q.ack("trim", "fast", &m.receipt).await.unwrap();
+                fast.push(body(&m));
+            }
+        }
+        assert_eq!(xlen(&mut conn, &stream).await, 50, "slow has read nothing");
+        // The slow group reads 20, acknowledges the first 10 and leaves 10 pending.
+        let slow_first = q.receive("trim", "slow", opts(20, 500)).await.unwrap();
+        assert_eq!(slow_first.len(), 20);
+        for m in &slow_first[..10] {
+            q.ack("trim", "slow", &m.receipt).await.unwrap();
+        }
+        // A receive trims: to the slow group's oldest pending entry, no further.
+        assert!(
+            q.receive("trim", "fast", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(xlen(&mut conn, &stream).await, 40);
+        // Past the 1 s deadline the pending 10 come back, intact, then the other 30.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(
+            q.receive("trim", "fast", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(xlen(&mut conn, &stream).await, 40, "pending entries kept");
+        let mut slow: BTreeSet<String> = slow_first[..10].iter().map(body).collect();
+        let start = Instant::now();
+        while slow.len() < 50 && start.elapsed() < Duration::from_secs(15) {
+            for m in q.receive("trim", "slow", opts(50, 500)).await.unwrap() {
+                q.ack("trim", "slow", &m.receipt).await.unwrap();
+                slow.insert(body(&m));
+            }
+        }
+        assert_eq!(slow, sent.iter().cloned().collect::<BTreeSet<_>>());
+        assert!(
+            q.receive("trim", "slow", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            xlen(&mut conn, &stream).await,
+            0,
+            "all acknowledged: trimmed"
+        );
+        // Deleting the last group lets the topic drop what only that group still had.
+        q.publish("trim", Message::new("late")).await.unwrap();
+        q.delete_group("trim", "fast").await.unwrap();
+        assert_eq!(xlen(&mut conn, &stream).await, 1, "slow has not read it");
+        q.delete_group("trim", "slow").await.unwrap();
+        assert_eq!(xlen(&mut conn, &stream).await, 0);
+        q.delete_topic("trim").await.unwrap();
+    })
+    .await;
+}
+
+/// Calls while the proxy is cut must fail with a retryable kind, within a bound.
+async fn assert_fails_retryably<T: std::fmt::Debug>(
+    what: &str,
+    call: impl Future<Output = cloud_abstraction::Result<T>>,
+) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung while the server was cut off"));
+    let err = result.expect_err(what);
+    assert!(err.is_retryable(), "{what}: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{what} took {:?}",
+        started.elapsed()
+    );
+}
+
+#[derive(Default)]
+struct Consumed {
+    /// Bodies acknowledged (the ack returned Ok).
+    acked: HashSet<String>,
+    /// Every body delivered, with repeats.
+    delivered: Vec<String>,
+    /// Bodies whose ack failed: the server may or may not have applied it.
+    ambiguous: HashSet<String>,
+    failures: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cut_and_restore_loses_nothing() {
+    let Some(url) = url().await else { return };
+    let u = url.clone();
+    in_namespace(&url, |ns| async move {
+        let proxy = TcpProxy::start(&support::target_of(&u)).await;
+        let q = Arc::new(
+            RedisStreamsQueue::connect(&with_prefix(&support::via(&u, proxy.addr()), &ns))
+                .await
+                .unwrap()
+                .with_timeout(Duration::from_secs(2)),
+        );
+        let (topic, group) = ("orders", "workers");
+        q.create_topic(topic).await.unwrap();
+        q.create_group(
+            topic,
+            group,
+            GroupOptions {
+                ack_deadline: Duration::from_secs(2),
+                ..GroupOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+
+        // Before the cut: one message acknowledged, two delivered and left unacknowledged.
+        q.publish(topic, Message::new("acked-before"))
+            .await
+            .unwrap();
+        let m = q.receive(topic, group, opts(1, 2000)).await.unwrap();
+        assert_eq!(body(&m[0]), "acked-before");
+        q.ack(topic, group, &m[0].receipt).await.unwrap();
+        q.publish_batch(
+            topic,
+            vec![Message::new("unacked-1"), Message::new("unacked-2")],
+        )
+        .await
+        .unwrap();
+        let unacked = q.receive(topic, group, opts(2, 2000)).await.unwrap();
+        assert_eq!(unacked.len(), 2);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumed = Arc::new(Mutex::new(Consumed::default()));
+        let publisher = {
+            let (q, stop) = (Arc::clone(&q), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let (mut acked, mut failures, mut n) = (Vec::new(), 0u32, 0u32);
+                while !stop.load(Ordering::SeqCst) {
+                    let text = format!("p{n:05}");
+                    n += 1;
+                    let started = Instant::now();
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(15),
+                        q.publish(topic, Message::new(text.clone())),
+                    )
+                    .await
+                    .unwrap_or_else(|_| panic!("publish {text} hung"));
+                    assert!(started.elapsed() < Duration::from_secs(10));
+                    match r {
+                        Ok(_) => acked.push(text),
+                        Err(e) => {
+                            assert!(e.is_retryable(), "publish during the cut: {e}");
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (acked, failures)
+            })
+        };
+        let consumer = {
+            let (q, stop, consumed) = (Arc::clone(&q), Arc::clone(&stop), Arc::clone(&consumed));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(15),
+                        q.receive(topic, group, opts(10, 200)),
+                    )
+                    .await
+                    .expect("receive hung");
+                    let got = match r {
+                        Ok(got) => got,
+                        Err(e) => {
+                            assert!(e.is_retryable(), "receive during the cut: {e}");
+                            consumed.lock().unwrap().failures += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    for m in got {
+                        let text = body(&m);
+                        consumed.lock().unwrap().delivered.push(text.clone());
+                        match q.ack(topic, group, &m.receipt).await {
+                            Ok(()) => {
+                                consumed.lock().unwrap().acked.insert(text);
+                            }
+                            // Unacknowledged: it must come back after its deadline.
+                            Err(e) => {
+                                assert!(e.is_retryable(), "ack during the cut: {e}");
+                                let mut state = consumed.lock().unwrap();
+                                state.failures += 1;
+                                state.ambiguous.insert(text);
+                            }
+                        }
+                    }
+                }
+            })
+        };
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.cut().await;
+        assert_fails_retryably("publish", q.publish(topic, Message::new("during"))).await;
+        assert_fails_retryably("receive", q.receive(topic, group, opts(1, 100))).await;
+        assert_fails_retryably("ack", q.ack(topic, group, &unacked[0].receipt)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        proxy.restore();
+
+        // The same handle recovers (bounded polling for the reconnect).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = q.publish(topic, Message::new("after")).await {
+            assert!(e.is_retryable(), "after restore: {e}");
+            assert!(Instant::now() < deadline, "no recovery within 30 s: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::SeqCst);
+        let (published, publish_failures) = publisher.await.unwrap();
+        consumer.await.unwrap();
+        assert!(publish_failures > 0, "the publisher saw the cut");
+        assert!(!published.is_empty());
+
+        // Drain: every acknowledged publish and every unacknowledged delivery arrives.
+        let mut want: BTreeSet<String> = published.iter().cloned().collect();
+        want.extend(["unacked-1", "unacked-2", "after"].map(String::from));
+        let mut state = Arc::try_unwrap(consumed)
+            .ok()
+            .unwrap()
+            .into_inner()
+            .unwrap();
+        let drain_until = Instant::now() + Duration::from_secs(30);
+        while !want.iter().all(|w| state.acked.contains(w)) && Instant::now() < drain_until {
+            for m in q.receive(topic, group, opts(100, 500)).await.unwrap() {
+                q.ack(topic, group, &m.receipt).await.unwrap();
+                state.delivered.push(body(&m));
+                state.acked.insert(body(&m));
+            }
+        }
+        // A message may be missing only if its ack failed after the server applied it: then
+        // nothing is left pending.
+        let missing: Vec<&String> = want.iter().filter(|w| !state.acked.contains(*w)).collect();
+        assert!(
+            missing.iter().all(|m| state.ambiguous.contains(*m)),
+            "lost: {missing:?}"
+        );
+        let mut conn = direct(&u).await;
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(format!("{{{ns}}}:s:{topic}"))
+            .arg(group)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let Value::Array(summary) = pending else {
+            panic!("XPENDING summary: {pending:?}")
+        };
+        assert_eq!(
+            summary.first(),
+            Some(&Value::Int(0)),
+            "nothing left pending"
+        );
+        assert!(
+            !state.delivered.iter().any(|d| d == "acked-before"),
+            "a message acknowledged before the cut came back"
+        );
+        println!(
+            "fault test: {} publishes acknowledged, {publish_failures} failed; {} consumer \
+             failures; {} deliveries",
+            published.len(),
+            state.failures,
+            state.delivered.len()
+        );
+        q.delete_topic(topic).await.unwrap();
+    })
+    .await;
+}
