@@ -14,6 +14,7 @@
 //! | `redis://…` | document store | Redis | `redis` | unknown |
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
+//! | `amqp://…`, `amqps://…` | queue | RabbitMQ | `rabbitmq` | unknown |
 //!
 //! # Location
 //!
@@ -257,6 +258,16 @@ fn table() -> Vec<Row> {
             "azure",
             Open::Blob(compiled!("azure", open::azure)),
         ),
+        row(
+            "amqp",
+            "rabbitmq",
+            Open::Queue(compiled!("rabbitmq", open::rabbitmq)),
+        ),
+        row(
+            "amqps",
+            "rabbitmq",
+            Open::Queue(compiled!("rabbitmq", open::rabbitmq)),
+        ),
     ]
 }
 
@@ -397,6 +408,15 @@ mod open {
         let opened = crate::storage::AzureBlobStore::from_url(url.expose())
             .map(|store| Arc::new(store) as Arc<dyn BlobStore>);
         Box::pin(async move { opened })
+    }
+
+    // RabbitMQ reads the location parameters itself (and strips them before lapin sees them).
+    #[cfg(feature = "rabbitmq")]
+    pub(super) fn rabbitmq(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let queue = crate::queue::RabbitMqQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
+        })
     }
 
     #[cfg(feature = "process")]

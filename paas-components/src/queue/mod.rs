@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | in-memory | `memory` | [`MemoryQueue`] | no | every capability except durability; for tests and single-process services |
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
+//! | RabbitMQ | `rabbitmq` | `RabbitMqQueue` | yes | no ordering keys, no de-duplication; leases kept by the client, receipts per handle; delays by TTL queues |
 //!
 //! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
 //! today `open_queue` knows `mem://` and `sqlite://` only.
@@ -23,11 +24,15 @@
 pub(crate) mod emulation;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryQueue;
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 
