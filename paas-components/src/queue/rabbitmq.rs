@@ -446,6 +446,16 @@ impl RabbitMqQueue {
     }
 }
 
+/// Drops a group's consumer whose channel or stream ended: the broker gave its deliveries
+/// back, so their leases are released (their receipts become stale).
+fn drop_consumer(g: &Group, slot: &mut Option<LiveConsumer>) {
+    if let Some(old) = slot.take() {
+        g.leases()
+            .release_where(|(generation, _)| *generation == old.generation);
+        g.take_channel();
+    }
+}
+
 /// Gives back the deliveries whose lease ran out, until the handle is dropped.
 async fn expire_leases(inner: Weak<Inner>) {
     loop {
@@ -768,10 +778,7 @@ impl Inner {
                 return Ok(live.generation);
             }
         }
-        if let Some(old) = slot.take() {
-            g.leases().release_where(|(generation, _)| *generation == old.generation);
-            g.take_channel();
-        }
+        drop_consumer(g, slot);
         self.require_group(&g.topic, &g.group).await?;
         if !g.options_fresh() {
             let options = self.read_options(g).await?;
@@ -1435,7 +1442,7 @@ impl MessageQueue for RabbitMqQueue {
             if ended {
                 // Cancelled by the broker (group deleted) or channel lost: reopen, which
                 // reports a missing group as NotFound.
-                *slot = None;
+                drop_consumer(&g, &mut slot);
                 lost += 1;
                 if lost > 2 {
                     return Err(Error::unavailable(BACKEND, "the consumer keeps being lost"));
@@ -1458,7 +1465,7 @@ impl MessageQueue for RabbitMqQueue {
                     }
                 }
                 Ok(_) => {
-                    *slot = None;
+                    drop_consumer(&g, &mut slot);
                     lost += 1;
                     if lost > 2 {
                         return Err(Error::unavailable(BACKEND, "the consumer keeps being lost"));
