@@ -37,12 +37,14 @@ ensure mariadb 127.0.0.1 3306 \
 ensure redis 127.0.0.1 6379 \
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
   --dir /var/lib/redis --logfile /var/log/redis/ci.log
+ensure rabbitmq 127.0.0.1 5672 rabbitmq-server -detached
 
 env_file=.ci/env
 {
   echo "export POSTGRES_TEST_URL=\${POSTGRES_TEST_URL:-postgres://postgres@127.0.0.1:5432/test}"
   echo "export MYSQL_TEST_URL=\${MYSQL_TEST_URL:-mysql://root@127.0.0.1:3306/test}"
   echo "export REDIS_TEST_URL=\${REDIS_TEST_URL:-redis://127.0.0.1:6379/0}"
+  echo "export RABBITMQ_TEST_URL=\${RABBITMQ_TEST_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 } >"$env_file"
 
 # Servers that are not pre-installed: each script installs (cached), starts, and prints its

@@ -141,10 +141,19 @@ async fn nack_with_delay_keeps_the_delivery_count() {
         .await
         .unwrap();
     let third = receive_one(Arc::clone(&q), topic.clone(), group.clone()).await;
-    assert!(nacked_at.elapsed() >= Duration::from_millis(650), "delay kept");
+    assert!(
+        nacked_at.elapsed() >= Duration::from_millis(650),
+        "delay kept"
+    );
     assert_eq!(third.id, first.id, "the copy keeps the message id");
-    assert_eq!(third.attributes.get("kind").map(String::as_str), Some("bad"));
-    assert_eq!(third.attempt, 3, "the attempts travel with the delayed copy");
+    assert_eq!(
+        third.attributes.get("kind").map(String::as_str),
+        Some("bad")
+    );
+    assert_eq!(
+        third.attempt, 3,
+        "the attempts travel with the delayed copy"
+    );
     // The last attempt: a delayed nack dead-letters it instead of delaying it again.
     q.nack(&topic, &group, &third.receipt, Duration::from_millis(300))
         .await
@@ -155,7 +164,12 @@ async fn nack_with_delay_keeps_the_delivery_count() {
     assert_eq!(dead.attributes.get("kind").map(String::as_str), Some("bad"));
     q.ack(&dlq, &dlq_group, &dead.receipt).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(q.receive(&topic, &group, opts(10, 300)).await.unwrap().is_empty());
+    assert!(
+        q.receive(&topic, &group, opts(10, 300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     q.delete_topic(&topic).await.unwrap();
     q.delete_topic(&dlq).await.unwrap();
     assert!(!queue_exists(&url, &format!("paas.{topic}.{group}")).await);
@@ -213,7 +227,10 @@ async fn secrets_stay_out_of_debug_and_errors() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(!format!("{err} {err:?}").contains("hunter2"));
     let q = RabbitMqQueue::connect(&url).await.unwrap();
-    let password = url::Url::parse(&url).unwrap().password().map(str::to_string);
+    let password = url::Url::parse(&url)
+        .unwrap()
+        .password()
+        .map(str::to_string);
     if let Some(p) = password {
         assert!(!format!("{q:?}").contains(&format!(":{p}@")), "{q:?}");
     }
@@ -393,13 +410,19 @@ async fn survives_a_cut_connection() {
             ledger.lock().unwrap().acked.insert(body);
         }
     }
-    let ledger = ledger.lock().unwrap();
-    assert!(!ledger.held.is_empty() && !ledger.acked.is_empty(), "the workload ran");
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert!(
+        !ledger.held.is_empty() && !ledger.acked.is_empty(),
+        "the workload ran"
+    );
     let missing: Vec<&String> = confirmed
         .difference(&ledger.acked)
         .filter(|b| !ledger.unknown.contains(*b))
         .collect();
-    assert!(missing.is_empty(), "confirmed but never delivered: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "confirmed but never delivered: {missing:?}"
+    );
     assert!(
         ledger.violations.is_empty(),
         "acknowledged, yet delivered again: {:?}",
@@ -412,4 +435,20 @@ async fn survives_a_cut_connection() {
     );
     q.delete_topic(&topic).await.unwrap();
     assert!(!queue_exists(&url, &format!("paas.{topic}.{group}")).await);
+}
+
+#[tokio::test]
+async fn opens_by_url_with_its_location() {
+    let Some(url) = url().await else { return };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let q = paas_components::open_queue(&format!(
+        "{url}{sep}provider=aws&region=eu-west-1&prefetch=8"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(q.info().backend, "rabbitmq");
+    assert_eq!(q.info().location, Location::new("aws", "eu-west-1"));
+    let topic = unique_name("rt");
+    q.create_topic(&topic).await.unwrap();
+    q.delete_topic(&topic).await.unwrap();
 }

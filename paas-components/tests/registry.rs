@@ -452,6 +452,7 @@ async fn user_openers_get_the_location_parameters_and_must_honour_them() {
 
 // Server backends, against their real servers (see `support::server_url`).
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 async fn document_store_locations(var: &str, default: &str, probe: &str, schemes: &[&str]) {
     let Some(url) = support::server_url(var, default, probe).await else {
         return;

@@ -6,8 +6,8 @@
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
 //! | RabbitMQ | `rabbitmq` | `RabbitMqQueue` | yes | no ordering keys, no de-duplication; leases kept by the client, receipts per handle; delays by TTL queues |
 //!
-//! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
-//! today `open_queue` knows `mem://` and `sqlite://` only.
+//! Server-backed queues: RabbitMQ (`amqp://`, feature `rabbitmq`, module `rabbitmq` when
+//! built with it); NATS, Redis Streams, MQTT and Kafka are planned.
 //!
 //! Both embedded queues implement the whole model of [`cloud_abstraction::queue`]: consumer
 //! groups that see messages published after their creation, leases with an ack deadline,

@@ -6,7 +6,8 @@
 //!   | what | RabbitMQ object | why |
 //!   |---|---|---|
 //!   | topic `T` | durable fanout exchange `paas.T` | every group bound to it gets every message |
-//!   | group `G` of `T` | durable quorum queue `paas.T.G` bound to `paas.T` | replicated, counts deliveries (`x-delivery-count`), `x-delivery-limit` |
+//!   | group `G` of `T` | durable quorum queue `paas.T.G` bound to `paas.T` | replicated, counts deliveries (`x-delivery-count`) |
+//!   | dead letters of `G` | fanout exchange `paas.T.G:dead` (the queue's `x-dead-letter-exchange`), bound to the dead-letter topic's exchange | queue arguments cannot change, bindings can: `create_group` re-points it |
 //!   | options of `G` | classic queue `paas.T.G:options`, one JSON message (`x-max-length` 1) | AMQP cannot read a queue's arguments back, and every handle needs the ack deadline |
 //!   | groups of `T` | classic queue `paas.T:groups`, one message per `create_group` | AMQP cannot list the queues bound to an exchange, and `delete_topic` must delete them |
 //!   | delayed publish | classic queue `paas.T:delay.<ms>`: `x-message-ttl` ms, dead-letters to `paas.T` | no delayed-message plugin: a TTL queue per delay |
@@ -14,7 +15,10 @@
 //!
 //!   Delay queues expire by themselves (`x-expires`, a minute after their delay) rather than
 //!   being deleted: AMQP cannot list them. Delays are rounded **up** to two significant
-//!   digits (1234 ms waits 1300 ms), so that arbitrary backoffs make few queues.
+//!   digits (1234 ms waits 1300 ms), so that arbitrary backoffs make few queues. A delayed
+//!   publish fans out when its delay ends, so a group created during the delay gets it too;
+//!   a delayed nack still waiting when its group is deleted and re-created arrives in the
+//!   new group.
 //! - **Messages.** The id is the AMQP `message_id` (a fresh UUID; de-duplication is not
 //!   supported: RabbitMQ has no de-duplication without a plugin), `published_at` is the AMQP
 //!   `timestamp` (whole seconds), attributes are string headers. Header names starting with
@@ -28,7 +32,7 @@
 //!   also count against the prefetch; when they fill it, `receive` falls back to
 //!   `basic.get`, which the prefetch does not limit, so every available message stays
 //!   receivable however many are leased.
-//! - **Leases** are kept by the client ([`emulation::lease`](super::emulation)): RabbitMQ has
+//! - **Leases** are kept by the client (the shared `queue/emulation/lease.rs`): RabbitMQ has
 //!   no per-message ack deadline. A task of the handle gives back (`basic.nack`, requeue)
 //!   every delivery whose deadline passed, so an unacknowledged message is delivered again
 //!   after its group's ack deadline; `extend_deadline` moves it. A handle that dies gives
@@ -36,18 +40,18 @@
 //! - **Attempts.** `attempt` is the quorum queue's `x-delivery-count` plus one, plus the
 //!   attempts carried through a delayed nack (the copy made by a delayed nack is a new
 //!   message to the broker, so the count travels in the header `x-paas-redelivery`, valid
-//!   only in the queue that wrote it). RabbitMQ 3.10 counts every return, also the messages
+//!   only in the queue that wrote it; a copy keeps the message id, body and attributes).
+//!   RabbitMQ 3.10 counts every return, also the messages
 //!   a lost connection gives back, including ones still in the prefetch buffer that no
 //!   caller saw: after a connection loss an attempt may be skipped.
-//! - **Dead letters.** `max_attempts` sets the queue's `x-delivery-limit` to
-//!   `max_attempts - 1` (the broker dead-letters on the return after the last attempt) and
-//!   `dead_letter_topic` its `x-dead-letter-exchange` to that topic's exchange; a nack or a
-//!   lease expiry of the last attempt rejects without requeue (dead-letters at once, also
-//!   for copies from delayed nacks, which the broker's count does not see). RabbitMQ cannot
-//!   change a queue's arguments: `create_group` on an existing group with other
-//!   `max_attempts` / `dead_letter_topic` fails with `PreconditionFailed` (delete and
-//!   re-create the group); the ack deadline can change, and other handles see the change
-//!   within 10 s (they re-read the options).
+//! - **Dead letters.** Every group queue dead-letters to its own exchange `paas.T.G:dead`;
+//!   `dead_letter_topic` binds that exchange to the topic's exchange (no binding: dead
+//!   letters are dropped). The handle enforces `max_attempts`: a nack or lease expiry of the
+//!   last attempt, and a delivery already past it (e.g. returned by a lost connection), is
+//!   rejected without requeue, which dead-letters it. The queue's `x-delivery-limit` is not
+//!   used: RabbitMQ cannot change a queue's arguments, while `create_group` on an existing
+//!   group must update its options (the ack deadline too; other handles see a change within
+//!   10 s, when they re-read the options).
 //! - **Receipts** are `<handle>~<channel generation>.<delivery tag>`: delivery tags are per
 //!   channel, so a receipt works only on the handle that received it (`Unsupported`
 //!   elsewhere). The handle remembers how each delivery ended, so a repeated ack succeeds
@@ -62,10 +66,14 @@
 //!   at its next call. A channel that the broker closes after an error (an unknown exchange
 //!   or queue) is reopened by the next call. Deliveries of a lost channel are given back by
 //!   the broker; their receipts become stale.
+//! - **Not supported** (`Unsupported`, as the capabilities say): ordering keys (competing
+//!   consumers of one quorum queue cannot keep per-key order; a single active consumer
+//!   would serialise the whole group) and de-duplication by message id (no plugin here).
 //! - **Secrets.** The URL's password is kept only to connect; `Debug`, errors and logs show
 //!   the URL redacted.
 //!
-//! TLS: `amqps://` through rustls with the aws-lc-rs provider and Mozilla's roots.
+//! TLS: `amqps://` through lapin's rustls with the aws-lc-rs provider (no `ring`) and
+//! Mozilla's roots (webpki-roots); no test runs it here (the local broker speaks plain AMQP).
 
 use super::checks;
 use super::emulation::lease::{Leases, Outcome, Settle};
@@ -78,10 +86,10 @@ use cloud_abstraction::queue::{
 use cloud_abstraction::{BackendInfo, Error, ErrorKind, Location, ResourceUrl, Result};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeBindOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
@@ -616,7 +624,10 @@ impl Inner {
         if self.exchange_exists(&exchange_name(topic)).await? {
             Ok(())
         } else {
-            Err(Error::not_found(BACKEND, format!("topic `{topic}` not found")))
+            Err(Error::not_found(
+                BACKEND,
+                format!("topic `{topic}` not found"),
+            ))
         }
     }
 
@@ -900,7 +911,12 @@ impl Inner {
     }
 
     /// The group and lease key of a receipt.
-    fn open_receipt(&self, topic: &str, group: &str, receipt: &str) -> Result<(Arc<Group>, (u64, u64))> {
+    fn open_receipt(
+        &self,
+        topic: &str,
+        group: &str,
+        receipt: &str,
+    ) -> Result<(Arc<Group>, (u64, u64))> {
         let inner = self.receipts.open(receipt)?;
         let key = inner
             .split_once('.')
@@ -909,9 +925,18 @@ impl Inner {
         Ok((self.group(topic, group), key))
     }
 
-    async fn declare_delay_queue(&self, name: &str, ttl_ms: u64, dlx: &str, dlk: Option<&str>) -> Result<()> {
+    async fn declare_delay_queue(
+        &self,
+        name: &str,
+        ttl_ms: u64,
+        dlx: &str,
+        dlk: Option<&str>,
+    ) -> Result<()> {
         let mut args = FieldTable::default();
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms as i64));
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(ttl_ms as i64),
+        );
         args.insert(
             "x-expires".into(),
             AMQPValue::LongLongInt(ttl_ms.saturating_add(60_000) as i64),
@@ -1042,7 +1067,10 @@ fn redelivery_headers(original: &BasicProperties, attempt: u32, queue: &str) -> 
 /// other options never meets RabbitMQ's "inequivalent arguments".
 fn group_args(topic: &str, group: &str) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(dead_letter_exchange(topic, group).into()),
@@ -1204,7 +1232,11 @@ impl MessageQueue for RabbitMqQueue {
             .map_err(|e| e.into_error("creating the group"))?;
         // The dead-letter route: the group's own exchange, bound to the dead-letter topic's
         // exchange; re-pointed when the options change (queue arguments cannot change).
-        let previous = match self.inner.queue_exists(&options_queue(topic, group)).await? {
+        let previous = match self
+            .inner
+            .queue_exists(&options_queue(topic, group))
+            .await?
+        {
             true => self
                 .inner
                 .read_options(&Group::new(topic, group))
@@ -1329,7 +1361,9 @@ impl MessageQueue for RabbitMqQueue {
             return Ok(Vec::new());
         }
         let exchange = exchange_name(topic);
-        let delayed = messages.iter().any(|m| m.delay.is_some_and(|d| !d.is_zero()));
+        let delayed = messages
+            .iter()
+            .any(|m| m.delay.is_some_and(|d| !d.is_zero()));
         if delayed {
             // The default exchange takes anything: check the topic first.
             self.inner.require_topic(topic).await?;
@@ -1363,9 +1397,10 @@ impl MessageQueue for RabbitMqQueue {
             ids.push(id);
         }
         match self.inner.publish_confirmed("publishing", items).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                Err(Error::not_found(BACKEND, format!("topic `{topic}` not found")))
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::not_found(
+                BACKEND,
+                format!("topic `{topic}` not found"),
+            )),
             other => other.map(|()| ids),
         }
     }
@@ -1392,10 +1427,7 @@ impl MessageQueue for RabbitMqQueue {
         let mut lost = 0;
         loop {
             let generation = inner.ensure_consumer(&g, &mut slot).await?;
-            let starved = g
-                .leases()
-                .count(|l| l.via_consumer)
-                >= usize::from(inner.prefetch);
+            let starved = g.leases().count(|l| l.via_consumer) >= usize::from(inner.prefetch);
             let mut ended = false;
             // What is already here, without waiting.
             while out.len() < options.max_messages {
@@ -1533,10 +1565,11 @@ impl MessageQueue for RabbitMqQueue {
         self.inner
             .declare_delay_queue(&delay_queue, ms, "", Some(&g.queue))
             .await?;
-        let properties = leased
-            .properties
-            .clone()
-            .with_headers(redelivery_headers(&leased.properties, leased.attempt, &g.queue));
+        let properties = leased.properties.clone().with_headers(redelivery_headers(
+            &leased.properties,
+            leased.attempt,
+            &g.queue,
+        ));
         self.inner
             .publish_confirmed(
                 "nacking with a delay",
@@ -1547,9 +1580,12 @@ impl MessageQueue for RabbitMqQueue {
             // Lost meanwhile: the broker gives the original back too (a duplicate).
             return Ok(());
         };
-        call("nacking with a delay", ch.basic_ack(key.1, BasicAckOptions::default()))
-            .await
-            .map_err(|e| e.into_error("nacking with a delay"))
+        call(
+            "nacking with a delay",
+            ch.basic_ack(key.1, BasicAckOptions::default()),
+        )
+        .await
+        .map_err(|e| e.into_error("nacking with a delay"))
     }
 
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]

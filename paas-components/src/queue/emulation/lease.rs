@@ -132,7 +132,10 @@ impl<K: Hash + Eq + Clone, V> Leases<K, V> {
                 "the delivery of this receipt was already acknowledged",
             )),
             Some(Outcome::Released) => Err(self.stale()),
-            None => Err(Error::not_found(self.backend, "no delivery with this receipt")),
+            None => Err(Error::not_found(
+                self.backend,
+                "no delivery with this receipt",
+            )),
         }
     }
 
