@@ -12,7 +12,7 @@ use cloud_abstraction::queue::{GroupOptions, Message, MessageQueue, ReceiveOptio
 use cloud_abstraction::testkit::{queue, unique_name};
 use cloud_abstraction::{ErrorKind, Location};
 use paas_components::queue::RabbitMqQueue;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -59,6 +59,7 @@ fn opts(max: usize, wait_ms: u64) -> ReceiveOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
+    let _serial = SERIAL.lock().await;
     let Some(url) = url().await else { return };
     let q = RabbitMqQueue::connect(&url)
         .await
@@ -73,6 +74,7 @@ async fn conformance_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_suite() {
+    let _serial = SERIAL.lock().await;
     let Some(url) = url().await else { return };
     let report = queue::run_peer_suite(open(&url).await, open(&url).await).await;
     assert_eq!(report.passed.len(), queue::peer_cases().len());
@@ -80,6 +82,7 @@ async fn peer_suite() {
 
 #[test]
 fn model_test() {
+    let _serial = SERIAL.blocking_lock();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(url) = rt.block_on(url()) else {
         return;
@@ -95,6 +98,7 @@ fn model_test() {
 /// attempt count goes on and dead-lettering after `max_attempts` still happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_with_delay_keeps_the_delivery_count() {
+    let _serial = SERIAL.lock().await;
     let Some(url) = url().await else { return };
     let q = open(&url).await;
     let (topic, dlq) = (unique_name("rt"), unique_name("rdlq"));
@@ -179,6 +183,7 @@ async fn nack_with_delay_keeps_the_delivery_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channels_survive_broker_errors() {
+    let _serial = SERIAL.lock().await;
     let Some(url) = url().await else { return };
     let q = open(&url).await;
     let topic = unique_name("rt");
@@ -237,11 +242,17 @@ async fn secrets_stay_out_of_debug_and_errors() {
     assert!(format!("{q:?}").contains("RabbitMqQueue"));
 }
 
+/// The server tests share one broker and run one at a time, so that the fault test's timing
+/// is not the other suites' load.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What the consumer of the fault test saw.
 #[derive(Default)]
 struct Ledger {
-    /// Messages whose ack returned `Ok`.
-    acked: BTreeSet<String>,
+    /// Messages whose ack returned `Ok`, and when.
+    acked_at: BTreeMap<String, Instant>,
+    /// When the cut began.
+    cut_at: Option<Instant>,
     /// Messages received before the cut and not acknowledged.
     held: BTreeSet<String>,
     /// Messages delivered after the cut began.
@@ -253,9 +264,18 @@ struct Ledger {
 }
 
 impl Ledger {
+    fn ack(&mut self, body: String) {
+        self.acked_at.insert(body, Instant::now());
+    }
+
     fn delivered(&mut self, body: &str, after_cut: bool) {
-        if self.acked.contains(body) {
-            self.violations.push(body.to_string());
+        if let Some(at) = self.acked_at.get(body) {
+            let relative = match self.cut_at {
+                Some(cut) if *at <= cut => format!("acked {:?} before the cut", cut - *at),
+                Some(cut) => format!("acked {:?} after the cut", *at - cut),
+                None => "acked, no cut yet".to_string(),
+            };
+            self.violations.push(format!("{body} ({relative})"));
         }
         if after_cut {
             self.after_cut.insert(body.to_string());
@@ -268,6 +288,7 @@ impl Ledger {
 /// every unacknowledged message comes again, and no message whose ack returned `Ok` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_cut_connection() {
+    let _alone = SERIAL.lock().await;
     let Some(url) = url().await else { return };
     let proxy = TcpProxy::start(&support::target_of(&url)).await;
     let via = support::via(&url, proxy.addr());
@@ -300,11 +321,14 @@ async fn survives_a_cut_connection() {
         tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.load(Ordering::SeqCst) {
+                // A new body per attempt: a failed publish may still have reached the broker
+                // (its confirm lost), and a retry under the same body would look like a
+                // redelivery.
                 let body = format!("m{n}");
+                n += 1;
                 match q.publish(&topic, Message::new(body.clone())).await {
                     Ok(_) => {
                         confirmed.lock().unwrap().insert(body);
-                        n += 1;
                     }
                     Err(e) => {
                         assert!(e.is_retryable(), "publish failed for good: {e}");
@@ -352,7 +376,7 @@ async fn survives_a_cut_connection() {
                     }
                     match q.ack(&topic, &group, &m.receipt).await {
                         Ok(()) => {
-                            ledger.lock().unwrap().acked.insert(body);
+                            ledger.lock().unwrap().ack(body);
                         }
                         Err(e) => {
                             assert!(
@@ -369,6 +393,7 @@ async fn survives_a_cut_connection() {
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cut.store(true, Ordering::SeqCst);
+    ledger.lock().unwrap().cut_at = Some(Instant::now());
     proxy.cut().await;
     let cut_at = Instant::now();
     // During the cut a publish fails, retryably, rather than hanging.
@@ -395,7 +420,7 @@ async fn survives_a_cut_connection() {
             let l = ledger.lock().unwrap();
             confirmed
                 .iter()
-                .filter(|b| !l.acked.contains(*b) && !l.unknown.contains(*b))
+                .filter(|b| !l.acked_at.contains_key(*b) && !l.unknown.contains(*b))
                 .count()
         };
         if missing == 0 || start.elapsed() > Duration::from_secs(20) {
@@ -407,17 +432,17 @@ async fn survives_a_cut_connection() {
             let body = String::from_utf8_lossy(&m.body).into_owned();
             ledger.lock().unwrap().delivered(&body, true);
             q.ack(&topic, &group, &m.receipt).await.unwrap();
-            ledger.lock().unwrap().acked.insert(body);
+            ledger.lock().unwrap().ack(body);
         }
     }
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(
-        !ledger.held.is_empty() && !ledger.acked.is_empty(),
+        !ledger.held.is_empty() && !ledger.acked_at.is_empty(),
         "the workload ran"
     );
     let missing: Vec<&String> = confirmed
-        .difference(&ledger.acked)
-        .filter(|b| !ledger.unknown.contains(*b))
+        .iter()
+        .filter(|b| !ledger.acked_at.contains_key(*b) && !ledger.unknown.contains(*b))
         .collect();
     assert!(
         missing.is_empty(),

@@ -59,8 +59,11 @@
 //!   delivery given back (nack, expiry, lost connection) is `PreconditionFailed`.
 //! - **Acks are confirmed**: AMQP has no answer to `basic.ack`, so `ack` follows it with a
 //!   `basic.qos` round trip on the same channel; the broker handles a channel's methods in
-//!   order, so once `ack` returns `Ok` the broker has the ack and the message is not
-//!   delivered again, even if the connection is lost right after.
+//!   order, so once `ack` returns `Ok` the broker's channel has the ack and the message is
+//!   not delivered again, even if the connection is lost right after (the fault test checks
+//!   it). A caveat from the broker's side: a RabbitMQ 3.10 channel whose quorum queue is far
+//!   behind may hold settlements back before passing them on; AMQP 0.9.1 cannot confirm past
+//!   the channel.
 //! - **Failures.** Lost connections and channels, timeouts (10 s per broker call) and
 //!   broker-side resource errors are `Unavailable` (retryable); the same handle reconnects
 //!   at its next call. A channel that the broker closes after an error (an unknown exchange
