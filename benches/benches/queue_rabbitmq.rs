@@ -52,7 +52,7 @@ fn main() {
     .expect("native group");
     // The native side: its own connection, a confirm channel, and a consumer on the native
     // group's quorum queue (created by the adapter, so the topology is identical).
-    let (publisher, consume_channel, mut consumer, _conn) = rt.block_on(async {
+    let (publisher, consume_channel, consumer, _conn) = rt.block_on(async {
         let conn = Connection::connect(&url, ConnectionProperties::default())
             .await
             .expect("native connection");
@@ -76,6 +76,8 @@ fn main() {
             .expect("consume");
         (publisher, ch, consumer, conn)
     });
+    // Behind a lock only because criterion's closure is `FnMut`; uncontended.
+    let consumer = tokio::sync::Mutex::new(consumer);
     let exchange = format!("paas.{topic}");
     let body = vec![b'x'; BODY];
 
@@ -104,14 +106,10 @@ fn main() {
             });
             g.bench_function(format!("native/{round}"), |b| {
                 b.to_async(&rt).iter_custom(|iters| {
-                    let (publisher, ch, consumer, exchange, body) = (
-                        &publisher,
-                        &consume_channel,
-                        &mut consumer,
-                        &exchange,
-                        &body,
-                    );
+                    let (publisher, ch, consumer, exchange, body) =
+                        (&publisher, &consume_channel, &consumer, &exchange, &body);
                     async move {
+                        let mut consumer = consumer.lock().await;
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
                             let start = Instant::now();
