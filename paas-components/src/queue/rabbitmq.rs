@@ -450,8 +450,8 @@ impl RabbitMqQueue {
         self
     }
 
-    /// A new connection of this handle (a **non-portable** escape hatch, e.g. for tooling):
-    /// objects are named as the [module docs](self) say.
+    /// The handle's lapin connection, reconnecting if it was lost: a **non-portable** escape
+    /// hatch (e.g. for tooling); objects are named as the [module docs](self) say.
     pub async fn connection(&self) -> Result<Arc<Connection>> {
         self.inner.connection().await
     }
