@@ -38,6 +38,7 @@ ensure mosquitto 127.0.0.1 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 ensure redis 127.0.0.1 6379 \
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
   --dir /var/lib/redis --logfile /var/log/redis/ci.log
+ensure rabbitmq 127.0.0.1 5672 rabbitmq-server -detached
 
 env_file=.ci/env
 {
@@ -45,6 +46,7 @@ env_file=.ci/env
   echo "export MYSQL_TEST_URL=\${MYSQL_TEST_URL:-mysql://root@127.0.0.1:3306/test}"
   echo "export REDIS_TEST_URL=\${REDIS_TEST_URL:-redis://127.0.0.1:6379/0}"
   echo "export MQTT_TEST_URL=\${MQTT_TEST_URL:-mqtt://127.0.0.1:1883}"
+  echo "export RABBITMQ_TEST_URL=\${RABBITMQ_TEST_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 } >"$env_file"
 
 # Servers that are not pre-installed: each script installs (cached), starts, and prints its

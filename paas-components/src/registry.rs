@@ -17,6 +17,7 @@
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
 //! | `mqtt://…`, `mqtts://…` | queue | MQTT 5 broker (`mqtts` is `Unsupported`: no TLS without `ring` in rumqttc) | `mqtt` | unknown |
+//! | `amqp://…`, `amqps://…` | queue | RabbitMQ | `rabbitmq` | unknown |
 //!
 //! # Location
 //!
@@ -282,6 +283,16 @@ fn table() -> Vec<Row> {
             "azure",
             Open::Blob(compiled!("azure", open::azure)),
         ),
+        row(
+            "amqp",
+            "rabbitmq",
+            Open::Queue(compiled!("rabbitmq", open::rabbitmq)),
+        ),
+        row(
+            "amqps",
+            "rabbitmq",
+            Open::Queue(compiled!("rabbitmq", open::rabbitmq)),
+        ),
     ]
 }
 
@@ -438,6 +449,15 @@ mod open {
         let opened = crate::storage::AzureBlobStore::from_url(url.expose())
             .map(|store| Arc::new(store) as Arc<dyn BlobStore>);
         Box::pin(async move { opened })
+    }
+
+    // RabbitMQ reads the location parameters itself (and strips them before lapin sees them).
+    #[cfg(feature = "rabbitmq")]
+    pub(super) fn rabbitmq(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let queue = crate::queue::RabbitMqQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
+        })
     }
 
     #[cfg(feature = "process")]

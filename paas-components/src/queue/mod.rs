@@ -6,9 +6,10 @@
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
 //! | MQTT 5 | `mqtt` | `MqttQueue` | broker's | shared subscriptions as groups; no nack, leases, dead letters, attempt counts, ids; receipts per handle |
 //! | Redis Streams | `redis` | [`RedisStreamsQueue`] | server's | no ordering keys, no delayed publish; receipts work on every handle |
+//! | RabbitMQ | `rabbitmq` | `RabbitMqQueue` | yes | no ordering keys, no de-duplication; leases kept by the client, receipts per handle; delays by TTL queues |
 //!
-//! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
-//! today `open_queue` knows `mem://` and `sqlite://` only.
+//! Server-backed queues: RabbitMQ (`amqp://`, feature `rabbitmq`, module `rabbitmq` when
+//! built with it); NATS, Redis Streams, MQTT and Kafka are planned.
 //!
 //! Both embedded queues implement the whole model of [`cloud_abstraction::queue`]: consumer
 //! groups that see messages published after their creation, leases with an ack deadline,
@@ -29,6 +30,8 @@ pub mod memory;
 pub mod mqtt;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -38,6 +41,8 @@ pub use memory::MemoryQueue;
 pub use mqtt::MqttQueue;
 #[cfg(feature = "redis")]
 pub use redis_streams::RedisStreamsQueue;
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 

@@ -4,7 +4,10 @@
 //! - [`receipt`]: receipts that name the handle that received them, so a receipt used on
 //!   another handle is refused (`Unsupported`) where the broker's handle is per connection,
 //!   and malformed ones are `InvalidArgument`.
+//! - [`lease`]: leases kept by the client (deadlines, expiry, settle-once, idempotent acks,
+//!   stale receipts) where the broker has no per-message ack deadline.
 
 #![allow(dead_code)] // which pieces are used depends on the enabled backends
 
+pub(crate) mod lease;
 pub(crate) mod receipt;
