@@ -14,6 +14,7 @@
 //! | `redis://…` | document store | Redis | `redis` | unknown |
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
+//! | `kafka://host:port?…` | queue | Kafka | `kafka` | unknown |
 //!
 //! # Location
 //!
@@ -257,6 +258,11 @@ fn table() -> Vec<Row> {
             "azure",
             Open::Blob(compiled!("azure", open::azure)),
         ),
+        row(
+            "kafka",
+            "kafka",
+            Open::Queue(compiled!("kafka", open::kafka)),
+        ),
     ]
 }
 
@@ -397,6 +403,15 @@ mod open {
         let opened = crate::storage::AzureBlobStore::from_url(url.expose())
             .map(|store| Arc::new(store) as Arc<dyn BlobStore>);
         Box::pin(async move { opened })
+    }
+
+    #[cfg(feature = "kafka")]
+    pub(super) fn kafka(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let (location, url) = split(&url, Location::unknown)?;
+            let queue = crate::queue::KafkaQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue.with_location(location)) as Arc<dyn MessageQueue>)
+        })
     }
 
     #[cfg(feature = "process")]

@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | in-memory | `memory` | [`MemoryQueue`] | no | every capability except durability; for tests and single-process services |
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
+//! | Kafka | `kafka` | `KafkaQueue` | yes | consumer groups over offsets; client-side leases; no de-duplication or delayed publish |
 //!
 //! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
 //! today `open_queue` knows `mem://` and `sqlite://` only.
@@ -21,11 +22,15 @@
 //! extend of a message that is no longer pending.
 
 pub(crate) mod emulation;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaQueue;
 #[cfg(feature = "memory")]
 pub use memory::MemoryQueue;
 #[cfg(feature = "sqlite")]

@@ -4,7 +4,13 @@
 //! - [`receipt`]: receipts that name the handle that received them, so a receipt used on
 //!   another handle is refused (`Unsupported`) where the broker's handle is per connection,
 //!   and malformed ones are `InvalidArgument`.
+//! - [`leases`]: in-process leases with deadlines, nack delays, attempt counts and one
+//!   message in flight per ordering key, for brokers without server-side leases (Kafka).
+//! - [`offsets`]: per-message acks over a log's offsets: the contiguous acknowledged prefix
+//!   to commit, and what is acknowledged beyond it, encoded for the commit's metadata.
 
 #![allow(dead_code)] // which pieces are used depends on the enabled backends
 
+pub(crate) mod leases;
+pub(crate) mod offsets;
 pub(crate) mod receipt;
