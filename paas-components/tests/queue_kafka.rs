@@ -47,29 +47,3 @@ async fn peers() {
     assert_eq!(report.passed.len(), queue::peer_cases().len());
 }
 
-#[tokio::test]
-async fn scratch_probe() {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-    let Some(url) = url().await else { return };
-    let q = open(&url).await;
-    let topic = unique_name("kp");
-    q.create_topic(&topic).await.unwrap();
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:19092")
-        .set("group.id", format!("{topic}.g"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Offset(0)).unwrap();
-    tpl.find_partition(&topic, 0).unwrap().set_metadata("hello;meta");
-    println!("commit: {:?}", c.commit(&tpl, CommitMode::Sync));
-    let mut q2 = TopicPartitionList::new();
-    q2.add_partition(&topic, 0);
-    let got = c.committed_offsets(q2, Duration::from_secs(5)).unwrap();
-    for e in got.elements() {
-        println!("got: {} {:?} {:?} {:?}", e.partition(), e.offset(), e.metadata(), e.error());
-    }
-    q.delete_topic(&topic).await.unwrap();
-}

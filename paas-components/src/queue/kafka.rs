@@ -91,8 +91,8 @@ use tracing::{debug, instrument, warn};
 const BACKEND: &str = "kafka";
 /// The header that carries the message id.
 const ID_HEADER: &str = "_id";
-/// The first field of the commit metadata (its format's version).
-const META_VERSION: &str = "paas1";
+/// The first field of a group record (its format's version).
+const STATE_VERSION: &str = "paas1";
 /// Most messages a consumer reads ahead of what has been delivered.
 pub const READ_AHEAD: usize = 2000;
 /// How often a consumer commits its settled prefix (when something changed).
@@ -259,21 +259,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::internal(BACKEND, format!("blocking task failed: {e}")))?
 }
 
-/// The commit metadata of a partition: the group's options and the acknowledged offsets
-/// beyond the committed prefix.
-fn encode_meta(options: &GroupOptions, acked: &str) -> String {
+/// The record of a group in its topic's state topic: its options.
+fn encode_options(options: &GroupOptions) -> String {
     format!(
-        "{META_VERSION};{};{};{};{acked}",
+        "{STATE_VERSION};{};{};{}",
         options.ack_deadline.as_millis(),
         options.max_attempts.map(|n| n.to_string()).unwrap_or_default(),
         options.dead_letter_topic.as_deref().unwrap_or_default(),
     )
 }
 
-/// The options and the acked ranges in commit metadata written by [`encode_meta`].
-fn decode_meta(meta: &str) -> Option<(GroupOptions, &str)> {
-    let mut parts = meta.splitn(5, ';');
-    if parts.next()? != META_VERSION {
+/// The options in a group record written by [`encode_options`].
+fn decode_options(record: &str) -> Option<GroupOptions> {
+    let mut parts = record.splitn(4, ';');
+    if parts.next()? != STATE_VERSION {
         return None;
     }
     let deadline: u64 = parts.next()?.parse().ok()?;
@@ -285,15 +284,109 @@ fn decode_meta(meta: &str) -> Option<(GroupOptions, &str)> {
         "" => None,
         t => Some(t.to_string()),
     };
-    let acked = parts.next()?;
-    Some((
-        GroupOptions {
-            ack_deadline: Duration::from_millis(deadline),
-            max_attempts,
-            dead_letter_topic,
-        },
-        acked,
-    ))
+    Some(GroupOptions {
+        ack_deadline: Duration::from_millis(deadline),
+        max_attempts,
+        dead_letter_topic,
+    })
+}
+
+/// The state topic of `topic` (`.` cannot occur in portable names: no user topic has it).
+fn state_topic(topic: &str) -> String {
+    format!("{topic}.paas-state")
+}
+
+/// The key of a group's record in the state topic.
+fn group_key(group: &str) -> String {
+    format!("group/{group}")
+}
+
+/// The key of the offsets a group acknowledged beyond its committed prefix on a partition.
+fn acked_key(group: &str, partition: i32) -> String {
+    format!("acked/{group}/{partition}")
+}
+
+/// Reads the state topic of `topic` to its end: the latest value of every key (a tombstone
+/// removes it). A topic without a state topic has no groups. Blocking.
+fn read_state(brokers: &str, topic: &str) -> Result<HashMap<String, String>> {
+    let state = state_topic(topic);
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{state}.reader"))
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| map_err("creating a state reader", e))?;
+    let (low, high) = match reader.fetch_watermarks(&state, 0, OP_TIMEOUT) {
+        Ok(w) => w,
+        Err(e) if map_err("", e.clone()).kind() == ErrorKind::NotFound => {
+            return Ok(HashMap::new());
+        }
+        Err(e) => return Err(map_err("reading the state topic", e)),
+    };
+    let mut out = HashMap::new();
+    if high <= low {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&state, 0, Offset::Offset(low))
+        .map_err(|e| map_err("reading the state topic", e))?;
+    reader
+        .assign(&tpl)
+        .map_err(|e| map_err("reading the state topic", e))?;
+    let give_up = std::time::Instant::now() + OP_TIMEOUT;
+    loop {
+        if std::time::Instant::now() >= give_up {
+            return Err(unavailable("reading the state topic", "timed out"));
+        }
+        match reader.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    match m.payload() {
+                        Some(v) if !v.is_empty() => {
+                            out.insert(key.to_string(), String::from_utf8_lossy(v).into_owned());
+                        }
+                        _ => {
+                            out.remove(key);
+                        }
+                    }
+                }
+                if m.offset() >= high - 1 {
+                    return Ok(out);
+                }
+            }
+            Some(Err(e)) => return Err(map_err("reading the state topic", e)),
+            None => {}
+        }
+    }
+}
+
+/// Enqueues a record of the state topic of `topic` (`None`: a tombstone).
+fn send_state(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Result<rdkafka::producer::DeliveryFuture> {
+    let state = state_topic(topic);
+    let mut record = FutureRecord::<str, str>::to(&state).key(key);
+    if let Some(v) = value {
+        record = record.payload(v);
+    }
+    producer
+        .send_result(record)
+        .map_err(|(e, _)| map_err("writing the state topic", e))
+}
+
+/// Waits for a state record to be written.
+async fn state_written(future: rdkafka::producer::DeliveryFuture) -> Result<()> {
+    match future.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(map_err("writing the state topic", e)),
+        Err(_) => Err(unavailable("writing the state topic", "the producer was closed")),
+    }
 }
 
 /// A message as read from the log.
@@ -356,12 +449,17 @@ struct GroupState {
     dirty: bool,
     /// The assignment is paused (read-ahead full).
     paused: bool,
+    /// The acknowledged-beyond ranges last written to the state topic, per partition.
+    written: HashMap<i32, String>,
 }
 
 /// What the consumer thread, the rebalance callbacks and the async calls share.
-#[derive(Debug)]
 struct GroupShared {
     topic: String,
+    group: String,
+    brokers: String,
+    /// Writes the acknowledged-beyond records to the state topic.
+    producer: FutureProducer,
     state: Mutex<GroupState>,
     /// Signalled when a lease is settled or given back (a revocation waits on it).
     settled: Condvar,
@@ -379,14 +477,20 @@ impl GroupShared {
     }
 
     /// The commit of every assigned partition (or only `only`), if there is something to
-    /// commit (or `force`).
-    fn commit_list(&self, only: Option<&[i32]>, force: bool) -> Option<TopicPartitionList> {
+    /// commit (or `force`), and the acknowledged-beyond ranges that changed since written.
+    fn commit_list(
+        &self,
+        only: Option<&[i32]>,
+        force: bool,
+    ) -> Option<(TopicPartitionList, Vec<(i32, String)>)> {
         let mut st = self.lock();
         if !st.dirty && !force {
             return None;
         }
         st.dirty = false;
+        let st = &mut *st;
         let mut tpl = TopicPartitionList::new();
+        let mut records = Vec::new();
         for (&p, ps) in &st.partitions {
             if only.is_some_and(|o| !o.contains(&p)) || (only.is_none() && ps.revoking) {
                 continue;
@@ -397,17 +501,37 @@ impl GroupShared {
             {
                 continue;
             }
-            if let Some(mut e) = tpl.find_partition(&self.topic, p) {
-                e.set_metadata(encode_meta(&st.options, &ps.acked.encode()));
+            let ranges = ps.acked.encode();
+            if st.written.get(&p).map_or(!ranges.is_empty(), |w| *w != ranges) {
+                st.written.insert(p, ranges.clone());
+                records.push((p, ranges));
             }
         }
-        (tpl.count() > 0).then_some(tpl)
+        (tpl.count() > 0).then_some((tpl, records))
     }
 
+    /// Writes what changed to the state topic (waiting for it when `mode` is `Sync`), then
+    /// commits the settled prefixes.
     fn commit(&self, consumer: &BaseConsumer<GroupContext>, only: Option<&[i32]>, mode: CommitMode) {
-        let Some(tpl) = self.commit_list(only, only.is_some()) else {
+        let Some((tpl, records)) = self.commit_list(only, only.is_some()) else {
             return;
         };
+        let mut writes = Vec::new();
+        for (p, ranges) in records {
+            let value = (!ranges.is_empty()).then_some(ranges.as_str());
+            match send_state(&self.producer, &self.topic, &acked_key(&self.group, p), value) {
+                Ok(w) => writes.push(w),
+                Err(e) => {
+                    debug!(topic = %self.topic, error = %e, "writing acknowledged offsets failed");
+                    self.lock().written.remove(&p);
+                }
+            }
+        }
+        if matches!(mode, CommitMode::Sync) {
+            for w in writes {
+                let _ = futures::executor::block_on(w);
+            }
+        }
         if let Err(e) = consumer.commit(&tpl, mode) {
             debug!(topic = %self.topic, error = %e, "commit failed; retried");
             self.lock().dirty = true;
@@ -482,11 +606,18 @@ impl GroupShared {
     }
 
     /// After partitions were assigned: restore what was acknowledged beyond their committed
-    /// offsets (and the group's options) from the commit metadata.
+    /// offsets (and the group's options) from the state topic.
     fn assign(&self, consumer: &BaseConsumer<GroupContext>, tpl: &TopicPartitionList) {
         let committed = consumer.committed_offsets(tpl.clone(), OP_TIMEOUT);
+        let state = read_state(&self.brokers, &self.topic).unwrap_or_else(|e| {
+            warn!(topic = %self.topic, error = %e, "reading the state topic failed after an assignment");
+            HashMap::new()
+        });
         let mut st = self.lock();
         st.paused = false;
+        if let Some(options) = state.get(&group_key(&self.group)).and_then(|r| decode_options(r)) {
+            st.options = options;
+        }
         let Ok(committed) = committed else {
             // Started lazily from the first offset read: acknowledged-beyond state is lost,
             // which redelivers, never loses.
@@ -497,13 +628,12 @@ impl GroupShared {
             let Offset::Offset(start) = e.offset() else {
                 continue;
             };
-            let decoded = decode_meta(e.metadata());
-            let acked = decoded
-                .as_ref()
-                .and_then(|(_, ranges)| AckedOffsets::decode(start, ranges))
+            let ranges = state.get(&acked_key(&self.group, e.partition()));
+            let acked = ranges
+                .and_then(|r| AckedOffsets::decode(start, r))
                 .unwrap_or_else(|| AckedOffsets::new(start));
-            if let Some((options, _)) = decoded {
-                st.options = options;
+            if let Some(r) = ranges {
+                st.written.insert(e.partition(), r.clone());
             }
             st.partitions.insert(
                 e.partition(),
@@ -557,17 +687,30 @@ struct GroupConsumer {
 }
 
 impl GroupConsumer {
-    /// Joins the group of `topic`/`group` if the group exists (its committed offsets carry
-    /// our metadata), else `NotFound`.
-    fn start(settings: &Settings, topic: &str, group: &str, partitions: Vec<i32>) -> Result<Self> {
+    /// Joins the group of `topic`/`group` if the group exists (it has a record in the state
+    /// topic), else `NotFound`.
+    fn start(
+        settings: &Settings,
+        producer: FutureProducer,
+        topic: &str,
+        group: &str,
+    ) -> Result<Self> {
+        let options = read_state(&settings.brokers, topic)?
+            .get(&group_key(group))
+            .and_then(|r| decode_options(r))
+            .ok_or_else(|| group_not_found(topic, group))?;
         let shared = Arc::new(GroupShared {
             topic: topic.to_string(),
+            group: group.to_string(),
+            brokers: settings.brokers.clone(),
+            producer,
             state: Mutex::new(GroupState {
-                options: GroupOptions::default(),
+                options,
                 partitions: HashMap::new(),
                 leases: Leases::new(),
                 dirty: false,
                 paused: false,
+                written: HashMap::new(),
             }),
             settled: Condvar::new(),
             changed: Notify::new(),
@@ -589,19 +732,6 @@ impl GroupConsumer {
                 shared: Arc::clone(&shared),
             })
             .map_err(|e| map_err("creating a consumer", e))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(topic, *p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, OP_TIMEOUT)
-            .map_err(|e| map_err("reading the group's offsets", e))?;
-        let options = committed
-            .elements()
-            .iter()
-            .find_map(|e| decode_meta(e.metadata()).map(|(o, _)| o))
-            .ok_or_else(|| group_not_found(topic, group))?;
-        shared.lock().options = options;
         consumer
             .subscribe(&[topic])
             .map_err(|e| map_err("joining the group", e))?;
@@ -755,6 +885,31 @@ impl KafkaQueue {
         }
     }
 
+    /// Creates a Kafka topic; one that exists already is fine.
+    async fn create_kafka_topic(&self, name: &str, partitions: i32, compact: bool) -> Result<()> {
+        let mut new = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        if compact {
+            // Only the latest record per key matters.
+            new = new.set("cleanup.policy", "compact");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
+        let results = self
+            .inner
+            .admin
+            .create_topics(&[new], &opts)
+            .await
+            .map_err(|e| map_err("creating a topic", e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(map_err("creating a topic", KafkaError::AdminOp(code)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `NotFound` unless `topic` exists (cached once seen).
     async fn ensure_topic(&self, topic: &str) -> Result<()> {
         if self.known().contains(topic) {
@@ -770,10 +925,11 @@ impl KafkaQueue {
         if let Some(c) = consumers.get(&key) {
             return Ok(Arc::clone(c));
         }
-        let partitions = self.partitions(topic).await?;
+        self.partitions(topic).await?;
         let settings = self.inner.settings.clone();
+        let producer = self.inner.producer.clone();
         let (t, g) = key.clone();
-        let c = Arc::new(blocking(move || GroupConsumer::start(&settings, &t, &g, partitions)).await?);
+        let c = Arc::new(blocking(move || GroupConsumer::start(&settings, producer, &t, &g)).await?);
         consumers.insert(key, Arc::clone(&c));
         Ok(c)
     }
@@ -906,22 +1062,10 @@ impl MessageQueue for KafkaQueue {
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic), err(level = "debug"))]
     async fn create_topic(&self, topic: &str) -> Result<()> {
         checks::topic(BACKEND, topic)?;
-        let new = NewTopic::new(topic, self.inner.settings.partitions, TopicReplication::Fixed(1));
-        let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
-        let results = self
-            .inner
-            .admin
-            .create_topics(&[new], &opts)
-            .await
-            .map_err(|e| map_err("creating a topic", e))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
-                    return Err(map_err("creating a topic", KafkaError::AdminOp(code)));
-                }
-            }
-        }
+        // The state topic first: a topic that exists always has one.
+        self.create_kafka_topic(&state_topic(topic), 1, true).await?;
+        self.create_kafka_topic(topic, self.inner.settings.partitions, false)
+            .await?;
         // Visible in the metadata before the call returns (a publish right after must find it).
         let start = Instant::now();
         loop {
@@ -938,22 +1082,23 @@ impl MessageQueue for KafkaQueue {
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic), err(level = "debug"))]
     async fn delete_topic(&self, topic: &str) -> Result<()> {
         checks::topic(BACKEND, topic)?;
-        let mine: Vec<(String, Arc<GroupConsumer>)> = {
+        let mine: Vec<Arc<GroupConsumer>> = {
             let mut consumers = self.inner.consumers.lock().await;
             let keys: Vec<_> = consumers.keys().filter(|(t, _)| t == topic).cloned().collect();
             keys.into_iter()
-                .filter_map(|k| consumers.remove(&k).map(|c| (k.1, c)))
+                .filter_map(|k| consumers.remove(&k))
                 .collect()
         };
-        for (_, c) in &mine {
+        for c in &mine {
             c.stop().await;
         }
         self.known().remove(topic);
+        let state = state_topic(topic);
         let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
         let results = self
             .inner
             .admin
-            .delete_topics(&[topic], &opts)
+            .delete_topics(&[topic, state.as_str()], &opts)
             .await
             .map_err(|e| map_err("deleting a topic", e))?;
         for r in results {
@@ -963,13 +1108,6 @@ impl MessageQueue for KafkaQueue {
                     return Err(map_err("deleting a topic", KafkaError::AdminOp(code)));
                 }
             }
-        }
-        // The groups this handle knew go with the topic (best effort: a group of another
-        // handle stays until its topic name is reused, and is then seen as existing).
-        let groups: Vec<String> = mine.iter().map(|(g, _)| kafka_group(topic, g)).collect();
-        if !groups.is_empty() {
-            let names: Vec<&str> = groups.iter().map(String::as_str).collect();
-            let _ = self.inner.admin.delete_groups(&names, &opts).await;
         }
         Ok(())
     }
@@ -984,62 +1122,44 @@ impl MessageQueue for KafkaQueue {
                 Error::not_found(BACKEND, format!("dead-letter topic `{dlq}` not found"))
             })?;
         }
+        // A topic made by other tools gets its state topic now.
+        self.create_kafka_topic(&state_topic(topic), 1, true).await?;
+        let record = encode_options(&options);
         if let Some(c) = self.existing_consumer(topic, group).await {
-            let mut st = c.shared.lock();
-            st.options = options;
-            st.dirty = true;
-            return Ok(());
+            c.shared.lock().options = options;
         }
         let (settings, meta) = (self.inner.settings.clone(), Arc::clone(&self.inner.meta));
-        let (topic, group) = (topic.to_string(), group.to_string());
-        blocking(move || {
+        let (t, g) = (topic.to_string(), group.to_string());
+        let exists = blocking(move || {
+            if read_state(&settings.brokers, &t)?.contains_key(&group_key(&g)) {
+                return Ok(true);
+            }
+            // A new group starts at the topic's end: it sees only later messages.
             let consumer: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &settings.brokers)
-                .set("group.id", kafka_group(&topic, &group))
+                .set("group.id", kafka_group(&t, &g))
                 .set("enable.auto.commit", "false")
                 .set("log_level", "3")
                 .create()
                 .map_err(|e| map_err("creating a consumer", e))?;
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition(&topic, *p);
-            }
-            let committed = consumer
-                .committed_offsets(tpl, OP_TIMEOUT)
-                .map_err(|e| map_err("reading the group's offsets", e))?;
-            let exists = committed
-                .elements()
-                .iter()
-                .any(|e| decode_meta(e.metadata()).is_some());
             let mut commit = TopicPartitionList::new();
             for p in &partitions {
-                let (offset, acked) = match committed.find_partition(&topic, *p) {
-                    Some(e) if exists && matches!(e.offset(), Offset::Offset(_)) => (
-                        e.offset(),
-                        decode_meta(e.metadata())
-                            .map(|(_, a)| a.to_string())
-                            .unwrap_or_default(),
-                    ),
-                    // A new group starts at the end: it sees only later messages.
-                    _ => {
-                        let (_, high) = meta
-                            .fetch_watermarks(&topic, *p, OP_TIMEOUT)
-                            .map_err(|e| map_err("reading the topic's end offsets", e))?;
-                        (Offset::Offset(high), String::new())
-                    }
-                };
+                let (_, high) = meta
+                    .fetch_watermarks(&t, *p, OP_TIMEOUT)
+                    .map_err(|e| map_err("reading the topic's end offsets", e))?;
                 commit
-                    .add_partition_offset(&topic, *p, offset)
+                    .add_partition_offset(&t, *p, Offset::Offset(high))
                     .map_err(|e| map_err("creating a group", e))?;
-                if let Some(mut e) = commit.find_partition(&topic, *p) {
-                    e.set_metadata(encode_meta(&options, &acked));
-                }
             }
             consumer
                 .commit(&commit, CommitMode::Sync)
-                .map_err(|e| map_err("creating a group", e))
+                .map_err(|e| map_err("creating a group", e))?;
+            Ok(false)
         })
-        .await
+        .await?;
+        debug!(topic, group, exists, "group record written");
+        let write = send_state(&self.inner.producer, topic, &group_key(group), Some(&record))?;
+        state_written(write).await
     }
 
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
@@ -1054,21 +1174,18 @@ impl MessageQueue for KafkaQueue {
         if let Some(c) = mine {
             c.stop().await;
         }
+        match self.partitions(topic).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            r => r?,
+        };
+        let write = send_state(&self.inner.producer, topic, &group_key(group), None)?;
+        state_written(write).await?;
+        // The group's committed offsets are left to the broker's retention: a group created
+        // again under the name starts at the topic's end anyway.
         let name = kafka_group(topic, group);
         let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
-        let results = self
-            .inner
-            .admin
-            .delete_groups(&[name.as_str()], &opts)
-            .await
-            .map_err(|e| map_err("deleting a group", e))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
-                Err((_, code)) => {
-                    return Err(map_err("deleting a group", KafkaError::AdminOp(code)));
-                }
-            }
+        if let Err(e) = self.inner.admin.delete_groups(&[name.as_str()], &opts).await {
+            debug!(topic, group, error = %e, "deleting the Kafka group failed; left to retention");
         }
         Ok(())
     }
@@ -1266,18 +1383,16 @@ mod tests {
     }
 
     #[test]
-    fn metadata_round_trips() {
+    fn group_records_round_trip() {
         let options = GroupOptions {
             ack_deadline: Duration::from_millis(1500),
             max_attempts: Some(3),
             dead_letter_topic: Some("dlq".into()),
         };
-        let meta = encode_meta(&options, "4-6,9");
-        let (back, acked) = decode_meta(&meta).unwrap();
-        assert_eq!((back, acked), (options, "4-6,9"));
-        let plain = encode_meta(&GroupOptions::default(), "");
-        assert_eq!(decode_meta(&plain).unwrap().0, GroupOptions::default());
-        assert!(decode_meta("").is_none());
-        assert!(decode_meta("other;1;;;").is_none());
+        assert_eq!(decode_options(&encode_options(&options)), Some(options));
+        let plain = encode_options(&GroupOptions::default());
+        assert_eq!(decode_options(&plain), Some(GroupOptions::default()));
+        assert!(decode_options("").is_none());
+        assert!(decode_options("other;1;;").is_none());
     }
 }
