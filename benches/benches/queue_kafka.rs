@@ -94,7 +94,10 @@ fn main() {
         producer: ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("acks", "all")
-            .set("enable.idempotence", "true")
+            // The adapter's producer settings (see queue/kafka.rs), so only the adapter differs.
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("reconnect.backoff.max.ms", "1000")
             .set("linger.ms", "2")
             .create()
             .expect("producer"),

@@ -382,6 +382,17 @@ async fn connection_cut_and_restored() {
     let receive_errors = consumer.await.unwrap();
     let consumed = consumed.lock().unwrap().clone();
 
+    eprintln!(
+        "fault test: {} publishes acknowledged, {} failed ({} acknowledged after the restore); \
+         receive errors: {}",
+        published.len(),
+        errors.len(),
+        ok_after,
+        receive_errors.len()
+    );
+    for e in errors.iter().take(3).chain(errors.iter().rev().take(3)) {
+        eprintln!("  publish error: {e}");
+    }
     assert!(!errors.is_empty(), "publishing failed during the cut");
     for e in errors.iter().chain(&receive_errors) {
         assert!(e.is_retryable(), "failure during the cut is retryable: {e}");
