@@ -84,7 +84,9 @@ fn main() {
     ))) {
         Ok(q) => q,
         Err(e) => {
-            eprintln!("kafka bench: no broker ({e}); start it with .ci/services/kafka.sh. Nothing was measured.");
+            eprintln!(
+                "kafka bench: no broker ({e}); start it with .ci/services/kafka.sh. Nothing was measured."
+            );
             return;
         }
     };
@@ -113,7 +115,10 @@ fn main() {
             .expect("consumer"),
         topic: native_topic.clone(),
     };
-    native.consumer.subscribe(&[&native_topic]).expect("subscribe");
+    native
+        .consumer
+        .subscribe(&[&native_topic])
+        .expect("subscribe");
     // Both join their groups before anything is measured.
     rt.block_on(async {
         publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY).await;

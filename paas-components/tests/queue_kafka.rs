@@ -37,7 +37,11 @@ async fn open(url: &str) -> Arc<dyn MessageQueue> {
 async fn conformance() {
     let Some(url) = url().await else { return };
     let report = queue::run_suite(open(&url).await).await;
-    assert_eq!(report.passed.len(), queue::cases().len(), "every kit case ran and passed");
+    assert_eq!(
+        report.passed.len(),
+        queue::cases().len(),
+        "every kit case ran and passed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,13 +51,15 @@ async fn peers() {
     assert_eq!(report.passed.len(), queue::peer_cases().len());
 }
 
-
 #[test]
 fn model() {
     let Some(url) = tokio::runtime::Runtime::new().unwrap().block_on(url()) else {
         return;
     };
-    // Each sequence joins a new group (about 3 s on tansu): PROPTEST_CASES trims the run.
+    // Each sequence joins a new group, which takes about half the session timeout on tansu,
+    // and the model waits at most 3 s for a message: a 2 s session (one consumer, nothing
+    // to rebalance). PROPTEST_CASES trims the run (48 sequences by default).
+    let url = url.replace("session_timeout_ms=6000", "session_timeout_ms=2000");
     queue::run_model_test(|| {
         let url = url.clone();
         async move { open(&url).await }
@@ -92,7 +98,10 @@ async fn rebalance_loses_nothing_and_never_doubles_a_lease() {
         let (q, topic, published) = (Arc::clone(&a), topic.clone(), Arc::clone(&published));
         tokio::spawn(async move {
             for i in 0..N {
-                let id = q.publish(&topic, Message::new(format!("r{i}"))).await.unwrap();
+                let id = q
+                    .publish(&topic, Message::new(format!("r{i}")))
+                    .await
+                    .unwrap();
                 published.lock().unwrap().insert(id);
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
@@ -155,7 +164,10 @@ async fn rebalance_loses_nothing_and_never_doubles_a_lease() {
     let published = published.lock().unwrap().clone();
     a.delete_topic(&topic).await.unwrap();
 
-    let missing: Vec<&String> = published.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let missing: Vec<&String> = published
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
     assert!(missing.is_empty(), "lost in the rebalance: {missing:?}");
     let by_second = seen
         .values()
@@ -177,7 +189,10 @@ async fn rebalance_loses_nothing_and_never_doubles_a_lease() {
     }
     let doubled = seen.values().filter(|d| d.len() > 1).count();
     assert_eq!(failed_acks, 0, "every ack succeeded");
-    assert_eq!(doubled, 0, "no message delivered twice (every ack was committed before the move)");
+    assert_eq!(
+        doubled, 0,
+        "no message delivered twice (every ack was committed before the move)"
+    );
 }
 
 /// The tansu binary (`.ci/services/kafka.sh` exports KAFKA_TANSU_BIN).
@@ -192,7 +207,9 @@ fn tansu_bin() -> Option<String> {
     if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_SERVERS").is_some() {
         panic!("KAFKA_TANSU_BIN: no tansu binary at {bin}, and CI requires it");
     }
-    eprintln!("\n!!!!!!!! SKIPPED: no tansu binary at {bin}; the Kafka fault test did NOT run. !!!!!!!!\n");
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: no tansu binary at {bin}; the Kafka fault test did NOT run. !!!!!!!!\n"
+    );
     None
 }
 
@@ -229,8 +246,14 @@ impl ProxiedBroker {
             .spawn()
             .expect("start tansu");
         let start = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "tansu did not start");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tansu did not start"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self {
@@ -288,13 +311,17 @@ async fn connection_cut_and_restored() {
 
     // Before the cut: 10 acknowledged (and committed), 5 received and left unacknowledged.
     for i in 0..10 {
-        q.publish(&topic, Message::new(format!("acked{i}"))).await.unwrap();
+        q.publish(&topic, Message::new(format!("acked{i}")))
+            .await
+            .unwrap();
     }
     for m in receive_bodies(&q, &topic, &group, 10).await {
         q.ack(&topic, &group, &m.receipt).await.unwrap();
     }
     for i in 0..5 {
-        q.publish(&topic, Message::new(format!("open{i}"))).await.unwrap();
+        q.publish(&topic, Message::new(format!("open{i}")))
+            .await
+            .unwrap();
     }
     let open_ones = receive_bodies(&q, &topic, &group, 5).await;
     assert_eq!(open_ones.len(), 5, "the unacknowledged ones were received");
@@ -304,7 +331,12 @@ async fn connection_cut_and_restored() {
     let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Publisher: what it got an Ok for must arrive; errors during the cut must be retryable.
     let publisher = {
-        let (q, topic, stop, cut) = (Arc::clone(&q), topic.clone(), Arc::clone(&stop), Arc::clone(&cut));
+        let (q, topic, stop, cut) = (
+            Arc::clone(&q),
+            topic.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&cut),
+        );
         tokio::spawn(async move {
             let (mut ok, mut errors, mut ok_after) = (Vec::new(), Vec::new(), 0);
             let mut i = 0;
@@ -397,8 +429,14 @@ async fn connection_cut_and_restored() {
     for e in errors.iter().chain(&receive_errors) {
         assert!(e.is_retryable(), "failure during the cut is retryable: {e}");
     }
-    assert!(ok_after > 0, "the same handle publishes again after the restore");
-    let lost: Vec<&String> = published.iter().filter(|b| !consumed.contains_key(*b)).collect();
+    assert!(
+        ok_after > 0,
+        "the same handle publishes again after the restore"
+    );
+    let lost: Vec<&String> = published
+        .iter()
+        .filter(|b| !consumed.contains_key(*b))
+        .collect();
     assert!(lost.is_empty(), "acknowledged publishes lost: {lost:?}");
     for m in &open_ones {
         assert!(
@@ -431,5 +469,8 @@ async fn connection_cut_and_restored() {
         .unwrap();
     let again: Vec<String> = again.iter().map(body).collect();
     fresh.delete_topic(&topic).await.unwrap();
-    assert!(again.is_empty(), "acknowledged messages came back on a fresh handle: {again:?}");
+    assert!(
+        again.is_empty(),
+        "acknowledged messages came back on a fresh handle: {again:?}"
+    );
 }

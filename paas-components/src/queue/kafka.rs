@@ -18,22 +18,28 @@
 //!   key (so a key's messages share a partition and keep their order); its id travels in the
 //!   header `_id` and its attributes in headers of their own names (attribute names start with
 //!   a letter, so they never collide with `_id`).
-//! - **Groups and offsets.** `create_group` commits the topic's current end offsets as the
-//!   group's position, so the group sees only messages published after it was created.
-//!   Every commit carries a metadata string per partition:
-//!   `paas1;<ack deadline ms>;<max attempts>;<dead-letter topic>;<acked ranges>`: the group's
-//!   options (so that every handle, in any process, finds them) and the offsets acknowledged
-//!   beyond the committed contiguous prefix ([`emulation::offsets`](super::emulation)). A group
-//!   exists when its committed offsets carry that metadata.
+//! - **Groups and offsets.** Each topic `t` has a compacted state topic `t.paas-state` (one
+//!   partition, created and deleted with `t`). It holds a record per group
+//!   (`group/<g>` = `paas1;<ack deadline ms>;<max attempts>;<dead-letter topic>`: a group
+//!   exists while its record does, and every handle in any process finds its options there)
+//!   and the offsets each group acknowledged beyond its committed prefix
+//!   (`acked/<g>/<partition>` = ranges such as `7-9,12`). The state lives in a topic rather
+//!   than in the offset commits' metadata string because tansu keeps no commit metadata (it
+//!   answers with an empty string). `create_group` of a new group commits the topic's
+//!   current end offsets as the group's position, so it sees only messages published after
+//!   its creation; `delete_group` writes a tombstone (and asks the broker to delete the Kafka
+//!   group; tansu cannot, which is harmless: a group created again starts at the end).
 //! - **Per-message ack over offsets.** A consumer (one per group per handle, joined on its
 //!   first `receive`) reads its partitions ahead (at most [`READ_AHEAD`] undelivered
 //!   messages; then it pauses the partitions) into in-process leases
-//!   ([`emulation::leases`](super::emulation)). An ack settles one offset; the contiguous
-//!   settled prefix is committed every [`COMMIT_INTERVAL`] (and synchronously when the
-//!   partition is revoked or the consumer stops), with the settled offsets beyond it in the
-//!   metadata (up to 150 ranges), so a message acknowledged out of order is not delivered
-//!   again after a restart or a rebalance. An ack is durable once that commit has happened:
-//!   a crash within the commit interval delivers the message again (at-least-once).
+//!   ([`emulation::leases`](super::emulation)). An ack settles one offset
+//!   ([`emulation::offsets`](super::emulation)); every [`COMMIT_INTERVAL`] the consumer
+//!   writes the changed acknowledged-beyond ranges (up to 150 per partition) to the state
+//!   topic and commits the contiguous settled prefix; synchronously when a partition is
+//!   revoked or the consumer stops. A new owner of a partition (after a rebalance or a
+//!   restart) reads both, so a message acknowledged out of order is not delivered again. An
+//!   ack is durable once that commit has happened: a crash within the commit interval
+//!   delivers the message again (at-least-once).
 //! - **Leases are client-side.** Kafka has no per-message lease, so leases, nack (with or
 //!   without delay), deadline extension and attempt counts live in the consumer's process:
 //!   receipts are valid only on the handle that received them (`portable_receipts = false`),
@@ -54,7 +60,12 @@
 //! - **Not supported** (`Unsupported`): message ids for de-duplication (Kafka keeps no id
 //!   index; the idempotent producer only removes a producer's own retries) and delayed
 //!   publishing (Kafka has no delayed visibility).
-//! - **Failure behaviour.** librdkafka reconnects by itself. A publish that cannot be
+//! - **Producer.** `acks=all`, not idempotent, one request in flight per connection (so a
+//!   retried batch cannot overtake a later one: ordering keys keep their order). Idempotence
+//!   is off because after a delivery timeout librdkafka bumps the producer epoch (KIP-360)
+//!   and tansu answers ProducerFenced, which is fatal to the producer: the handle would never
+//!   publish again. A retried publish may therefore be written twice (at-least-once).
+//! - **Failure behaviour.** librdkafka reconnects by itself (backing off at most 1 s). A publish that cannot be
 //!   delivered within `publish_timeout_ms` (default 30000) fails with `Unavailable`; it may
 //!   or may not have been written. Metadata, admin and commit calls that time out are
 //!   `Unavailable`. The handle recovers by itself when the broker comes back.
@@ -199,6 +210,7 @@ impl Drop for Inner {
         if let Ok(consumers) = self.consumers.try_lock() {
             for c in consumers.values() {
                 c.shared.stop.store(true, Ordering::SeqCst);
+                c.shared.settled.notify_all();
             }
         }
     }
@@ -229,9 +241,7 @@ fn map_err(what: &str, e: KafkaError) -> Error {
             ErrorKind::InvalidArgument
         }
         Some(C::QueueFull) => ErrorKind::ResourceExhausted,
-        Some(C::InvalidConfig | C::InvalidArgument | C::UnsupportedFeature) => {
-            ErrorKind::Internal
-        }
+        Some(C::InvalidConfig | C::InvalidArgument | C::UnsupportedFeature) => ErrorKind::Internal,
         _ => ErrorKind::Unavailable,
     };
     Error::new(kind, BACKEND, format!("{what}: {e}")).with_source(e)
@@ -279,7 +289,10 @@ fn encode_options(options: &GroupOptions) -> String {
     format!(
         "{STATE_VERSION};{};{};{}",
         options.ack_deadline.as_millis(),
-        options.max_attempts.map(|n| n.to_string()).unwrap_or_default(),
+        options
+            .max_attempts
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
         options.dead_letter_topic.as_deref().unwrap_or_default(),
     )
 }
@@ -398,7 +411,10 @@ async fn state_written(future: rdkafka::producer::DeliveryFuture) -> Result<()> 
     match future.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(map_err("writing the state topic", e)),
-        Err(_) => Err(unavailable("writing the state topic", "the producer was closed")),
+        Err(_) => Err(unavailable(
+            "writing the state topic",
+            "the producer was closed",
+        )),
     }
 }
 
@@ -523,7 +539,11 @@ impl GroupShared {
                 continue;
             }
             let ranges = ps.acked.encode();
-            if st.written.get(&p).map_or(!ranges.is_empty(), |w| *w != ranges) {
+            if st
+                .written
+                .get(&p)
+                .map_or(!ranges.is_empty(), |w| *w != ranges)
+            {
                 st.written.insert(p, ranges.clone());
                 records.push((p, ranges));
             }
@@ -533,14 +553,24 @@ impl GroupShared {
 
     /// Writes what changed to the state topic (waiting for it when `mode` is `Sync`), then
     /// commits the settled prefixes.
-    fn commit(&self, consumer: &BaseConsumer<GroupContext>, only: Option<&[i32]>, mode: CommitMode) {
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        only: Option<&[i32]>,
+        mode: CommitMode,
+    ) {
         let Some((tpl, records)) = self.commit_list(only, only.is_some()) else {
             return;
         };
         let mut writes = Vec::new();
         for (p, ranges) in records {
             let value = (!ranges.is_empty()).then_some(ranges.as_str());
-            match send_state(&self.producer, &self.topic, &acked_key(&self.group, p), value) {
+            match send_state(
+                &self.producer,
+                &self.topic,
+                &acked_key(&self.group, p),
+                value,
+            ) {
                 Ok(w) => writes.push(w),
                 Err(e) => {
                     debug!(topic = %self.topic, error = %e, "writing acknowledged offsets failed");
@@ -636,7 +666,10 @@ impl GroupShared {
         });
         let mut st = self.lock();
         st.paused = false;
-        if let Some(options) = state.get(&group_key(&self.group)).and_then(|r| decode_options(r)) {
+        if let Some(options) = state
+            .get(&group_key(&self.group))
+            .and_then(|r| decode_options(r))
+        {
             st.options = options;
         }
         let Ok(committed) = committed else {
@@ -824,7 +857,10 @@ impl KafkaQueue {
     pub async fn connect(url: &str) -> Result<Self> {
         let settings = Settings::parse(url)?;
         let producer: FutureProducer = client_config(&settings.brokers)
-            .set("message.timeout.ms", settings.publish_timeout_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                settings.publish_timeout_ms.to_string(),
+            )
             .set("acks", "all")
             // Not idempotent: after a delivery timeout librdkafka bumps the producer epoch
             // (KIP-360), which tansu answers with ProducerFenced, a fatal error that would
@@ -950,7 +986,8 @@ impl KafkaQueue {
         let settings = self.inner.settings.clone();
         let producer = self.inner.producer.clone();
         let (t, g) = key.clone();
-        let c = Arc::new(blocking(move || GroupConsumer::start(&settings, producer, &t, &g)).await?);
+        let c =
+            Arc::new(blocking(move || GroupConsumer::start(&settings, producer, &t, &g)).await?);
         consumers.insert(key, Arc::clone(&c));
         Ok(c)
     }
@@ -979,18 +1016,15 @@ impl KafkaQueue {
     }
 
     /// Enqueues `messages` in order and waits for all of them; returns their ids.
-    async fn produce(
-        &self,
-        topic: &str,
-        messages: Vec<(String, Message)>,
-    ) -> Result<Vec<String>> {
+    async fn produce(&self, topic: &str, messages: Vec<(String, Message)>) -> Result<Vec<String>> {
         let mut pending = Vec::with_capacity(messages.len());
         let mut ids = Vec::with_capacity(messages.len());
         for (id, m) in &messages {
-            let mut headers = OwnedHeaders::new_with_capacity(m.attributes.len() + 1).insert(Header {
-                key: ID_HEADER,
-                value: Some(id.as_bytes()),
-            });
+            let mut headers =
+                OwnedHeaders::new_with_capacity(m.attributes.len() + 1).insert(Header {
+                    key: ID_HEADER,
+                    value: Some(id.as_bytes()),
+                });
             for (k, v) in &m.attributes {
                 headers = headers.insert(Header {
                     key: k,
@@ -1031,7 +1065,12 @@ impl KafkaQueue {
     /// Moves an exhausted message to the group's dead-letter topic (or drops it), then
     /// settles it. On a publish failure it stays leased and is tried again when its lease runs
     /// out.
-    async fn dead_letter(&self, c: &GroupConsumer, options: &GroupOptions, d: Leased<Position, Arc<Stored>>) {
+    async fn dead_letter(
+        &self,
+        c: &GroupConsumer,
+        options: &GroupOptions,
+        d: Leased<Position, Arc<Stored>>,
+    ) {
         if let Some(dlq) = &options.dead_letter_topic {
             let m = Message {
                 body: d.message.body.clone(),
@@ -1084,7 +1123,8 @@ impl MessageQueue for KafkaQueue {
     async fn create_topic(&self, topic: &str) -> Result<()> {
         checks::topic(BACKEND, topic)?;
         // The state topic first: a topic that exists always has one.
-        self.create_kafka_topic(&state_topic(topic), 1, true).await?;
+        self.create_kafka_topic(&state_topic(topic), 1, true)
+            .await?;
         self.create_kafka_topic(topic, self.inner.settings.partitions, false)
             .await?;
         // Visible in the metadata before the call returns (a publish right after must find it).
@@ -1105,7 +1145,11 @@ impl MessageQueue for KafkaQueue {
         checks::topic(BACKEND, topic)?;
         let mine: Vec<Arc<GroupConsumer>> = {
             let mut consumers = self.inner.consumers.lock().await;
-            let keys: Vec<_> = consumers.keys().filter(|(t, _)| t == topic).cloned().collect();
+            let keys: Vec<_> = consumers
+                .keys()
+                .filter(|(t, _)| t == topic)
+                .cloned()
+                .collect();
             keys.into_iter()
                 .filter_map(|k| consumers.remove(&k))
                 .collect()
@@ -1144,7 +1188,8 @@ impl MessageQueue for KafkaQueue {
             })?;
         }
         // A topic made by other tools gets its state topic now.
-        self.create_kafka_topic(&state_topic(topic), 1, true).await?;
+        self.create_kafka_topic(&state_topic(topic), 1, true)
+            .await?;
         let record = encode_options(&options);
         if let Some(c) = self.existing_consumer(topic, group).await {
             c.shared.lock().options = options;
@@ -1159,7 +1204,7 @@ impl MessageQueue for KafkaQueue {
             let consumer: BaseConsumer = client_config(&settings.brokers)
                 .set("group.id", kafka_group(&t, &g))
                 .set("enable.auto.commit", "false")
-                    .create()
+                .create()
                 .map_err(|e| map_err("creating a consumer", e))?;
             let mut commit = TopicPartitionList::new();
             for p in &partitions {
@@ -1177,7 +1222,12 @@ impl MessageQueue for KafkaQueue {
         })
         .await?;
         debug!(topic, group, exists, "group record written");
-        let write = send_state(&self.inner.producer, topic, &group_key(group), Some(&record))?;
+        let write = send_state(
+            &self.inner.producer,
+            topic,
+            &group_key(group),
+            Some(&record),
+        )?;
         state_written(write).await
     }
 
@@ -1203,7 +1253,12 @@ impl MessageQueue for KafkaQueue {
         // again under the name starts at the topic's end anyway.
         let name = kafka_group(topic, group);
         let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
-        if let Err(e) = self.inner.admin.delete_groups(&[name.as_str()], &opts).await {
+        if let Err(e) = self
+            .inner
+            .admin
+            .delete_groups(&[name.as_str()], &opts)
+            .await
+        {
             debug!(topic, group, error = %e, "deleting the Kafka group failed; left to retention");
         }
         Ok(())
@@ -1347,7 +1402,11 @@ impl MessageQueue for KafkaQueue {
             .existing_consumer(topic, group)
             .await
             .ok_or_else(|| stale("no consumer of this group holds the message on this handle"))?;
-        let r = c.shared.lock().leases.release(&key, token, Instant::now() + delay);
+        let r = c
+            .shared
+            .lock()
+            .leases
+            .release(&key, token, Instant::now() + delay);
         r.map_err(|_| stale("the delivery of this receipt is no longer leased"))?;
         c.shared.settled.notify_all();
         c.shared.changed.notify_waiters();
@@ -1369,7 +1428,11 @@ impl MessageQueue for KafkaQueue {
             .existing_consumer(topic, group)
             .await
             .ok_or_else(|| stale("no consumer of this group holds the message on this handle"))?;
-        let r = c.shared.lock().leases.extend(&key, token, Instant::now() + extension);
+        let r = c
+            .shared
+            .lock()
+            .leases
+            .extend(&key, token, Instant::now() + extension);
         r.map_err(|_| stale("the delivery of this receipt is no longer leased"))
     }
 }

@@ -141,7 +141,10 @@ impl<K: Ord + Clone, M: Clone> Leases<K, M> {
                 }
             }
             if e.visible_at > now {
-                out.next_visible = Some(out.next_visible.map_or(e.visible_at, |n| n.min(e.visible_at)));
+                out.next_visible = Some(
+                    out.next_visible
+                        .map_or(e.visible_at, |n| n.min(e.visible_at)),
+                );
                 continue;
             }
             self.next_token += 1;
@@ -185,7 +188,12 @@ impl<K: Ord + Clone, M: Clone> Leases<K, M> {
 
     /// Gives the delivery `token` of `key` back, deliverable again at `visible_at`; returns
     /// the deliveries so far.
-    pub(crate) fn release(&mut self, key: &K, token: u64, visible_at: Instant) -> Result<u32, Stale> {
+    pub(crate) fn release(
+        &mut self,
+        key: &K,
+        token: u64,
+        visible_at: Instant,
+    ) -> Result<u32, Stale> {
         let e = self.leased_mut(key, token)?;
         e.lease = None;
         e.visible_at = visible_at;
@@ -261,12 +269,23 @@ mod tests {
     fn release_redelivers_and_exhausted_messages_go_to_the_caller() {
         let mut l = held(&[(1, None)]);
         let now = Instant::now();
-        let d = l.claim(1, now, LEASE, Some(2), |_| false).delivered.remove(0);
+        let d = l
+            .claim(1, now, LEASE, Some(2), |_| false)
+            .delivered
+            .remove(0);
         assert_eq!(l.release(&1, d.token, now), Ok(1));
-        assert_eq!(l.release(&1, d.token, now), Err(Stale::OtherLease), "lease gone");
-        let d = l.claim(1, now, LEASE, Some(2), |_| false).delivered.remove(0);
+        assert_eq!(
+            l.release(&1, d.token, now),
+            Err(Stale::OtherLease),
+            "lease gone"
+        );
+        let d = l
+            .claim(1, now, LEASE, Some(2), |_| false)
+            .delivered
+            .remove(0);
         assert_eq!(d.attempt, 2);
-        l.release(&1, d.token, now + Duration::from_secs(1)).unwrap();
+        l.release(&1, d.token, now + Duration::from_secs(1))
+            .unwrap();
         let c = l.claim(1, now, LEASE, Some(2), |_| false);
         assert!(c.delivered.is_empty() && c.exhausted.is_empty(), "delayed");
         let c = l.claim(1, now + Duration::from_secs(1), LEASE, Some(2), |_| false);
@@ -282,7 +301,11 @@ mod tests {
         let c = l.claim(10, now, LEASE, None, |_| false);
         let keys: Vec<u32> = c.delivered.iter().map(|d| d.key).collect();
         assert_eq!(keys, [1, 3, 4]);
-        assert!(l.claim(10, now, LEASE, None, |_| false).delivered.is_empty());
+        assert!(
+            l.claim(10, now, LEASE, None, |_| false)
+                .delivered
+                .is_empty()
+        );
         l.settle(&1, c.delivered[0].token).unwrap();
         let c = l.claim(10, now, LEASE, None, |_| false);
         assert_eq!(c.delivered.iter().map(|d| d.key).collect::<Vec<_>>(), [2]);
