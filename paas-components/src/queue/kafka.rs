@@ -338,7 +338,7 @@ fn acked_key(group: &str, partition: i32) -> String {
 /// removes it). A topic without a state topic has no groups. Blocking.
 fn read_state(brokers: &str, topic: &str) -> Result<HashMap<String, String>> {
     let state = state_topic(topic);
-    let reader: BaseConsumer = client_config(&brokers)
+    let reader: BaseConsumer = client_config(brokers)
         .set("group.id", format!("{state}.reader"))
         .set("enable.auto.commit", "false")
         .set("allow.auto.create.topics", "false")
@@ -644,7 +644,7 @@ impl GroupShared {
                 let wait = until.min(give_up) - now;
                 st = self
                     .settled
-                    .wait_timeout(st, wait.into())
+                    .wait_timeout(st, wait)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
             }
