@@ -32,8 +32,8 @@
 //! - **Per-message ack over offsets.** A consumer (one per group per handle, joined on its
 //!   first `receive`) reads its partitions ahead (at most [`READ_AHEAD`] undelivered
 //!   messages; then it pauses the partitions) into in-process leases
-//!   ([`emulation::leases`](super::emulation)). An ack settles one offset
-//!   ([`emulation::offsets`](super::emulation)); every [`COMMIT_INTERVAL`] the consumer
+//!   (`queue::emulation::leases`, crate-private). An ack settles one offset
+//!   (`queue::emulation::offsets`); every [`COMMIT_INTERVAL`] the consumer
 //!   writes the changed acknowledged-beyond ranges (up to 150 per partition) to the state
 //!   topic and commits the contiguous settled prefix; synchronously when a partition is
 //!   revoked or the consumer stops. A new owner of a partition (after a rebalance or a
