@@ -92,6 +92,8 @@ fn main() {
     };
     let (topic, group) = rt.block_on(fresh_topic(&adapter, "benchkafka"));
     let (native_topic, _) = rt.block_on(fresh_topic(&adapter, "benchnative"));
+    // The StreamConsumer spawns its wake-up task on the current runtime.
+    let _runtime = rt.enter();
     let native = Native {
         producer: ClientConfig::new()
             .set("bootstrap.servers", &brokers)
