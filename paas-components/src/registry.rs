@@ -18,6 +18,7 @@
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
 //! | `mqtt://…`, `mqtts://…` | queue | MQTT 5 broker (`mqtts` is `Unsupported`: no TLS without `ring` in rumqttc) | `mqtt` | unknown |
 //! | `amqp://…`, `amqps://…` | queue | RabbitMQ | `rabbitmq` | unknown |
+//! | `kafka://host:port?…` | queue | Kafka | `kafka` | unknown |
 //!
 //! # Location
 //!
@@ -293,6 +294,11 @@ fn table() -> Vec<Row> {
             "rabbitmq",
             Open::Queue(compiled!("rabbitmq", open::rabbitmq)),
         ),
+        row(
+            "kafka",
+            "kafka",
+            Open::Queue(compiled!("kafka", open::kafka)),
+        ),
     ]
 }
 
@@ -457,6 +463,15 @@ mod open {
         Box::pin(async move {
             let queue = crate::queue::RabbitMqQueue::connect(url.expose()).await?;
             Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
+        })
+    }
+
+    #[cfg(feature = "kafka")]
+    pub(super) fn kafka(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let (location, url) = split(&url, Location::unknown)?;
+            let queue = crate::queue::KafkaQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue.with_location(location)) as Arc<dyn MessageQueue>)
         })
     }
 

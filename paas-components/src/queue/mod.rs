@@ -7,6 +7,7 @@
 //! | MQTT 5 | `mqtt` | `MqttQueue` | broker's | shared subscriptions as groups; no nack, leases, dead letters, attempt counts, ids; receipts per handle |
 //! | Redis Streams | `redis` | [`RedisStreamsQueue`] | server's | no ordering keys, no delayed publish; receipts work on every handle |
 //! | RabbitMQ | `rabbitmq` | `RabbitMqQueue` | yes | no ordering keys, no de-duplication; leases kept by the client, receipts per handle; delays by TTL queues |
+//! | Kafka | `kafka` | `KafkaQueue` | yes | consumer groups over offsets; client-side leases; no de-duplication or delayed publish |
 //!
 //! Server-backed queues: RabbitMQ (`amqp://`, feature `rabbitmq`, module `rabbitmq` when
 //! built with it); NATS, Redis Streams, MQTT and Kafka are planned.
@@ -24,6 +25,8 @@
 //! extend of a message that is no longer pending.
 
 pub(crate) mod emulation;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "mqtt")]
@@ -35,6 +38,8 @@ pub mod rabbitmq;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaQueue;
 #[cfg(feature = "memory")]
 pub use memory::MemoryQueue;
 #[cfg(feature = "mqtt")]

