@@ -12,6 +12,7 @@
 //! | `postgres://…`, `postgresql://…` | document store | PostgreSQL | `postgres` | unknown |
 //! | `mysql://…`, `mariadb://…` | document store | MariaDB / MySQL | `mysql` | unknown |
 //! | `redis://…` | document store | Redis | `redis` | unknown |
+//! | `nats://…` | queue | NATS JetStream | `nats` | unknown |
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
 //!
@@ -251,6 +252,7 @@ fn table() -> Vec<Row> {
             "redis",
             Open::Document(compiled!("redis", open::redis)),
         ),
+        row("nats", "nats", Open::Queue(compiled!("nats", open::nats))),
         row("s3", "s3", Open::Blob(compiled!("s3", open::s3))),
         row(
             "azure",
@@ -374,7 +376,7 @@ mod open {
         })
     }
 
-    // Redis, S3 and Azure read the location parameters themselves (for S3, `region` is also
+    // Redis, NATS, S3 and Azure read the location parameters themselves (for S3, `region` is also
     // the signing region), so they get the whole URL.
 
     #[cfg(feature = "redis")]
@@ -382,6 +384,14 @@ mod open {
         Box::pin(async move {
             let store = crate::database::RedisDocumentStore::connect(url.expose()).await?;
             Ok(Arc::new(store) as Arc<dyn DocumentStore>)
+        })
+    }
+
+    #[cfg(feature = "nats")]
+    pub(super) fn nats(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let queue = crate::queue::NatsQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
         })
     }
 

@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | in-memory | `memory` | [`MemoryQueue`] | no | every capability except durability; for tests and single-process services |
 //! | SQLite | `sqlite` | [`SqliteQueue`] | yes | every capability; several processes may share one file |
+//! | NATS JetStream | `nats` | `NatsQueue` | yes | no ordering keys, no delayed publish; a stream per topic, a durable pull consumer per group |
 //!
 //! Server-backed queues (NATS, RabbitMQ, Redis Streams, MQTT, Kafka) are planned, not built:
 //! today `open_queue` knows `mem://` and `sqlite://` only.
@@ -23,11 +24,15 @@
 pub(crate) mod emulation;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 #[cfg(feature = "memory")]
 pub use memory::MemoryQueue;
+#[cfg(feature = "nats")]
+pub use nats::NatsQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 
