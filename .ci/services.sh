@@ -37,12 +37,16 @@ ensure mariadb 127.0.0.1 3306 \
 ensure redis 127.0.0.1 6379 \
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
   --dir /var/lib/redis --logfile /var/log/redis/ci.log
+ensure nats 127.0.0.1 4222 \
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+  -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 
 env_file=.ci/env
 {
   echo "export POSTGRES_TEST_URL=\${POSTGRES_TEST_URL:-postgres://postgres@127.0.0.1:5432/test}"
   echo "export MYSQL_TEST_URL=\${MYSQL_TEST_URL:-mysql://root@127.0.0.1:3306/test}"
   echo "export REDIS_TEST_URL=\${REDIS_TEST_URL:-redis://127.0.0.1:6379/0}"
+  echo "export NATS_TEST_URL=\${NATS_TEST_URL:-nats://127.0.0.1:4222}"
 } >"$env_file"
 
 # Servers that are not pre-installed: each script installs (cached), starts, and prints its

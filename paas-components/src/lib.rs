@@ -94,7 +94,12 @@ pub mod registry;
 #[cfg(feature = "sqlite")]
 mod sqlite_open;
 pub mod storage;
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis", feature = "nats"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "nats"
+))]
 mod tls;
 
 pub use registry::{

@@ -128,9 +128,12 @@ async fn info_capabilities_and_layout() {
     let Some(url) = url().await else { return };
     let p = prefix();
     with_cleanup(&url, &p, async {
-        let q = NatsQueue::connect(&format!("{}&region=eu-west-1&provider=aws", with_prefix(&url, &p)))
-            .await
-            .unwrap();
+        let q = NatsQueue::connect(&format!(
+            "{}&region=eu-west-1&provider=aws",
+            with_prefix(&url, &p)
+        ))
+        .await
+        .unwrap();
         assert_eq!(q.info().backend, "nats");
         assert_eq!(q.info().location, Location::new("aws", "eu-west-1"));
         let caps = q.capabilities();
@@ -139,7 +142,10 @@ async fn info_capabilities_and_layout() {
         // The server's 1 MiB max_payload less 128 KiB kept for headers.
         assert_eq!(caps.max_message_size, Some(1024 * 1024 - 128 * 1024));
         q.create_topic("orders").await.unwrap();
-        assert_eq!(q.stream_name("orders"), format!("{}_orders", p.to_ascii_uppercase()));
+        assert_eq!(
+            q.stream_name("orders"),
+            format!("{}_orders", p.to_ascii_uppercase())
+        );
         assert_eq!(
             streams_of(&url, &p).await,
             vec![format!("{}_orders", p.to_ascii_uppercase())]
@@ -211,7 +217,9 @@ async fn opened_by_url_through_the_registry() {
         q.create_group(&topic, "g", GroupOptions::default())
             .await
             .unwrap();
-        q.publish(&topic, Message::new("via registry")).await.unwrap();
+        q.publish(&topic, Message::new("via registry"))
+            .await
+            .unwrap();
         let got = q
             .receive(&topic, "g", ReceiveOptions::default())
             .await
@@ -307,18 +315,36 @@ async fn dead_lettered_after_leases_run_out() {
         let start = Instant::now();
         let mut dead = Vec::new();
         while dead.is_empty() && start.elapsed() < Duration::from_secs(15) {
-            assert!(q
-                .receive(&topic, "g", ReceiveOptions { max_messages: 10, wait: Duration::from_millis(300) })
+            assert!(
+                q.receive(
+                    &topic,
+                    "g",
+                    ReceiveOptions {
+                        max_messages: 10,
+                        wait: Duration::from_millis(300)
+                    }
+                )
                 .await
                 .unwrap()
-                .is_empty());
+                .is_empty()
+            );
             dead = q
-                .receive(&dlq, "dg", ReceiveOptions { max_messages: 10, wait: Duration::ZERO })
+                .receive(
+                    &dlq,
+                    "dg",
+                    ReceiveOptions {
+                        max_messages: 10,
+                        wait: Duration::ZERO,
+                    },
+                )
                 .await
                 .unwrap();
         }
         assert_eq!(dead.len(), 1, "dead-lettered once");
-        assert_eq!((dead[0].id.as_str(), &dead[0].body[..]), (id.as_str(), &b"slow"[..]));
+        assert_eq!(
+            (dead[0].id.as_str(), &dead[0].body[..]),
+            (id.as_str(), &b"slow"[..])
+        );
         q.ack(&dlq, "dg", &dead[0].receipt).await.unwrap();
         q.delete_topic(&topic).await.unwrap();
         q.delete_topic(&dlq).await.unwrap();
@@ -346,11 +372,17 @@ async fn survives_a_connection_cut() {
             ..GroupOptions::default()
         };
         q.create_group(&topic, &group, options).await.unwrap();
-        let now = |max| ReceiveOptions { max_messages: max, wait: Duration::from_secs(2) };
+        let now = |max| ReceiveOptions {
+            max_messages: max,
+            wait: Duration::from_secs(2),
+        };
 
         // Acknowledged before the cut (the server confirmed each ack).
         let acked_before: HashSet<String> = q
-            .publish_batch(&topic, (0..20).map(|i| Message::new(format!("a{i}"))).collect())
+            .publish_batch(
+                &topic,
+                (0..20).map(|i| Message::new(format!("a{i}"))).collect(),
+            )
             .await
             .unwrap()
             .into_iter()
@@ -365,7 +397,10 @@ async fn survives_a_connection_cut() {
         assert_eq!(seen, acked_before);
         // Received before the cut and never acknowledged: must come back.
         let held: HashSet<String> = q
-            .publish_batch(&topic, (0..10).map(|i| Message::new(format!("h{i}"))).collect())
+            .publish_batch(
+                &topic,
+                (0..10).map(|i| Message::new(format!("h{i}"))).collect(),
+            )
             .await
             .unwrap()
             .into_iter()
@@ -388,7 +423,10 @@ async fn survives_a_connection_cut() {
                 while !stop.load(Ordering::SeqCst) {
                     // The same id until it is acknowledged: a retry is de-duplicated.
                     let id = format!("p{i}");
-                    match q.publish(&topic, Message::new(id.clone()).with_id(id.clone())).await {
+                    match q
+                        .publish(&topic, Message::new(id.clone()).with_id(id.clone()))
+                        .await
+                    {
                         Ok(_) => {
                             published.lock().unwrap().insert(id);
                             i += 1;
@@ -413,7 +451,10 @@ async fn survives_a_connection_cut() {
             );
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
-                    let opts = ReceiveOptions { max_messages: 10, wait: Duration::from_millis(200) };
+                    let opts = ReceiveOptions {
+                        max_messages: 10,
+                        wait: Duration::from_millis(200),
+                    };
                     match q.receive(&topic, &group, opts).await {
                         Ok(batch) => {
                             for m in batch {
@@ -450,13 +491,20 @@ async fn survives_a_connection_cut() {
         let mut must: HashSet<String> = published.lock().unwrap().clone();
         must.extend(held.iter().cloned());
         let start = Instant::now();
-        while !must.is_subset(&acked.lock().unwrap()) && start.elapsed() < Duration::from_secs(40)
-        {
+        while !must.is_subset(&acked.lock().unwrap()) && start.elapsed() < Duration::from_secs(40) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         consumer_stop.store(true, Ordering::SeqCst);
         consumer.await.unwrap();
         let acked = acked.lock().unwrap().clone();
+        eprintln!(
+            "fault test: {} published before the cut, {published_in_cut} during, {published_after} \
+             after; {} publish errors, {} receive/ack errors; {} acknowledged",
+            published_at_cut,
+            publish_errors.lock().unwrap().len(),
+            consume_errors.lock().unwrap().len(),
+            acked.len()
+        );
         let missing: Vec<&String> = must.difference(&acked).collect();
         assert!(missing.is_empty(), "lost: {missing:?}");
         let errors = publish_errors.lock().unwrap().clone();
@@ -470,11 +518,20 @@ async fn survives_a_connection_cut() {
             consume_errors.iter().all(|k| k.is_retryable()),
             "receive/ack errors are retryable: {consume_errors:?}"
         );
-        assert!(published_after > 0, "the same handle publishes again after the cut");
-        assert!(published_in_cut <= 1, "at most the publish in flight at the cut succeeded");
+        assert!(
+            published_after > 0,
+            "the same handle publishes again after the cut"
+        );
+        assert!(
+            published_in_cut <= 1,
+            "at most the publish in flight at the cut succeeded"
+        );
         let received = received.lock().unwrap().clone();
         let again: Vec<&String> = acked_before.intersection(&received).collect();
-        assert!(again.is_empty(), "acknowledged before the cut, delivered again: {again:?}");
+        assert!(
+            again.is_empty(),
+            "acknowledged before the cut, delivered again: {again:?}"
+        );
         // Nothing is left pending past the lease.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(q.receive(&topic, &group, now(10)).await.unwrap().is_empty());

@@ -152,6 +152,8 @@ struct Inner {
     groups: Mutex<HashMap<(String, String), Group>>,
     deliveries: Mutex<DeliveryLog>,
     receipts: Receipts,
+    /// Counts the connection's losses, so that a call waiting for an answer fails at once.
+    disconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 impl fmt::Debug for NatsQueue {
@@ -325,7 +327,10 @@ fn stream_not_found(topic: &str) -> Error {
 }
 
 fn group_not_found(topic: &str, group: &str) -> Error {
-    Error::not_found(BACKEND, format!("group `{group}` of topic `{topic}` not found"))
+    Error::not_found(
+        BACKEND,
+        format!("group `{group}` of topic `{topic}` not found"),
+    )
 }
 
 impl NatsQueue {
@@ -392,8 +397,19 @@ impl NatsQueue {
         // A server that asks for TLS is answered with rustls, which needs a process default
         // provider when more than one is compiled into the application.
         crate::tls::ensure_default_provider();
+        let (lost, disconnects) = tokio::sync::watch::channel(0u64);
         let options = async_nats::ConnectOptions::new()
             .name("paas-components")
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    lost.send_modify(|n| *n += 1);
+                    warn!(
+                        backend = BACKEND,
+                        "connection to the NATS server lost; reconnecting"
+                    );
+                }
+                async {}
+            })
             .connection_timeout(Duration::from_secs(3))
             .request_timeout(Some(OP_TIMEOUT))
             .max_reconnects(None)
@@ -407,14 +423,20 @@ impl NatsQueue {
                 K::Authentication | K::AuthorizationViolation => ErrorKind::Unauthenticated,
                 _ => ErrorKind::Unavailable,
             };
-            Error::new(kind, BACKEND, format!("connect to the NATS server: {}", e.kind()))
-                .with_source(e)
+            Error::new(
+                kind,
+                BACKEND,
+                format!("connect to the NATS server: {}", e.kind()),
+            )
+            .with_source(e)
         })?;
         let max_payload = client.server_info().max_payload as u64;
         let max_message_size = max_payload.checked_sub(HEADER_RESERVE).ok_or_else(|| {
             Error::internal(
                 BACKEND,
-                format!("the server's max_payload of {max_payload} bytes leaves no room for headers"),
+                format!(
+                    "the server's max_payload of {max_payload} bytes leaves no room for headers"
+                ),
             )
         })?;
         let mut js = jetstream::new(client.clone());
@@ -428,6 +450,7 @@ impl NatsQueue {
                 groups: Mutex::default(),
                 deliveries: Mutex::default(),
                 receipts: Receipts::portable(BACKEND),
+                disconnects,
             }),
             location,
         };
@@ -479,6 +502,31 @@ impl NatsQueue {
         }
     }
 
+    /// Runs `call`, failing with `Unavailable` as soon as the connection is lost meanwhile: the
+    /// client would keep waiting for an answer that may come after the reconnect, or never.
+    async fn unless_disconnected<T>(
+        &self,
+        operation: &str,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T> {
+        let mut lost = self.inner.disconnects.clone();
+        lost.borrow_and_update();
+        tokio::select! {
+            value = call => Ok(value),
+            () = async {
+                if lost.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => Err(Error::unavailable(
+                BACKEND,
+                format!(
+                    "{operation}: the connection to the NATS server was lost; it may or may not \
+                     have been applied"
+                ),
+            )),
+        }
+    }
+
     /// One JetStream API request (`$JS.API.<subject>`).
     async fn api<T: DeserializeOwned>(
         &self,
@@ -489,7 +537,10 @@ impl NatsQueue {
         use async_nats::jetstream::context::RequestErrorKind as K;
         use async_nats::jetstream::response::Response;
         self.connected(operation)?;
-        match self.inner.js.request(subject, payload).await {
+        match self
+            .unless_disconnected(operation, self.inner.js.request(subject, payload))
+            .await?
+        {
             Ok(Response::Ok(value)) => Ok(Api::Ok(value)),
             Ok(Response::Err { error }) => Ok(Api::Err(error)),
             Err(e) => {
@@ -614,7 +665,10 @@ impl NatsQueue {
             ids.push(id);
         }
         for ack in pending {
-            let ack = ack.await.map_err(map)?;
+            let ack = self
+                .unless_disconnected(operation, ack.into_future())
+                .await?
+                .map_err(map)?;
             if ack.stream != stream {
                 return Err(Error::internal(
                     BACKEND,
@@ -658,18 +712,21 @@ impl NatsQueue {
             .publish_with_reply(subject, inbox, request.to_string().into())
             .await
             .map_err(|e| unreachable(&e))?;
-        let give_up =
-            tokio::time::Instant::now() + expires.unwrap_or(Duration::ZERO) + PULL_GRACE;
+        let give_up = tokio::time::Instant::now() + expires.unwrap_or(Duration::ZERO) + PULL_GRACE;
         let mut got = Vec::with_capacity(batch);
         while got.len() < batch {
-            let message = match tokio::time::timeout_at(give_up, sub.next()).await {
-                Ok(Some(message)) => message,
-                Ok(None) | Err(_) => {
+            let next = tokio::time::timeout_at(give_up, sub.next());
+            let message = match self.unless_disconnected("receive", next).await {
+                Ok(Ok(Some(message))) => message,
+                Ok(Ok(None) | Err(_)) => {
                     if got.is_empty() {
                         self.connected("receive")?;
                     }
                     break;
                 }
+                // What arrived before the loss is leased to this caller: hand it out.
+                Err(e) if got.is_empty() => return Err(e),
+                Err(_) => break,
             };
             match message.status {
                 None | Some(StatusCode::OK) => got.push(message),
@@ -712,12 +769,11 @@ impl NatsQueue {
     /// answer. `Ok(false)`: nothing answered (the consumer is gone).
     async fn settle_request(&self, operation: &str, subject: &str, kind: AckKind) -> Result<bool> {
         self.connected(operation)?;
-        match self
+        let request = self
             .inner
             .client
-            .request(subject.to_string(), Bytes::from(kind))
-            .await
-        {
+            .request(subject.to_string(), Bytes::from(kind));
+        match self.unless_disconnected(operation, request).await? {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(false),
             Err(e) => Err(request_error(operation, e)),
@@ -761,13 +817,9 @@ impl NatsQueue {
         checks::topic_group(BACKEND, topic, group)?;
         let ack = self.open_receipt(topic, group, receipt)?;
         let scope = format!("{}.{}", ack.stream, ack.consumer);
-        let verdict = self.lock_deliveries()?.check(
-            BACKEND,
-            &scope,
-            ack.stream_seq,
-            ack.delivery,
-            op,
-        )?;
+        let verdict =
+            self.lock_deliveries()?
+                .check(BACKEND, &scope, ack.stream_seq, ack.delivery, op)?;
         if verdict == Verdict::AlreadyAcked {
             return Ok(());
         }
@@ -833,12 +885,8 @@ impl NatsQueue {
             }
         }
         let scope = format!("{}.{}", ack.stream, ack.consumer);
-        self.lock_deliveries()?.received(
-            &scope,
-            ack.stream_seq,
-            ack.delivery,
-            settings.ack_wait,
-        );
+        self.lock_deliveries()?
+            .received(&scope, ack.stream_seq, ack.delivery, settings.ack_wait);
         Ok(Some(ReceivedMessage {
             id,
             body: message.payload,
@@ -878,7 +926,10 @@ impl NatsQueue {
                 return;
             }
         }
-        if let Err(e) = self.settle_request("dead-letter", reply, AckKind::Term).await {
+        if let Err(e) = self
+            .settle_request("dead-letter", reply, AckKind::Term)
+            .await
+        {
             warn!(backend = BACKEND, topic, group, error = %e,
                   "terminating a dead-lettered message failed; it comes back and is dead-lettered again (the id de-duplicates it)");
         }
@@ -1169,7 +1220,14 @@ mod tests {
 
     #[test]
     fn attribute_names_and_values_round_trip() {
-        for name in ["vin", "Nats-Msg-Id", "nats-x", "Attr-y", "attr-z", "Content-Type"] {
+        for name in [
+            "vin",
+            "Nats-Msg-Id",
+            "nats-x",
+            "Attr-y",
+            "attr-z",
+            "Content-Type",
+        ] {
             let header = attribute_header(name);
             assert_eq!(header_attribute(&header), Some(name), "{name}");
         }
