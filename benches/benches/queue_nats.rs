@@ -87,7 +87,9 @@ fn main() {
     };
     let (topic, group) = rt.block_on(fresh_topic(&adapter, "a"));
     let (native_topic, native_group) = rt.block_on(fresh_topic(&adapter, "n"));
-    let client = rt.block_on(async_nats::connect(&url)).expect("native connect");
+    let client = rt
+        .block_on(async_nats::connect(&url))
+        .expect("native connect");
     let js = jetstream::new(client);
     let subject = adapter.subject(&native_topic);
     let consumer: PullConsumer = rt
@@ -143,11 +145,15 @@ fn main() {
         for round in 0..rounds {
             let adapter_first = round % 2 == 0;
             if adapter_first {
-                ours.push(publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY).await);
+                ours.push(
+                    publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY).await,
+                );
             }
             theirs.push(native_publish_receive_ack(&js, &subject, &consumer).await);
             if !adapter_first {
-                ours.push(publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY).await);
+                ours.push(
+                    publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY).await,
+                );
             }
         }
     });

@@ -35,7 +35,7 @@
 //!   timer for `ack_wait` only, whatever extension was asked for.
 //! - **Stale receipts.** The server applies an ack, nak or term of an *earlier* delivery to the
 //!   pending one (it keys them by stream sequence only). So each handle remembers the deliveries
-//!   it received and settled ([`emulation::deliveries`](super::emulation::deliveries)): a
+//!   it received and settled (`queue::emulation::deliveries`, shared with other backends): a
 //!   receipt whose delivery count is lower than one this handle has received since is
 //!   `PreconditionFailed`, as is a nack or an extension of a delivery this handle acknowledged or
 //!   nacked. Limit: when the later delivery went to *another* handle, this handle cannot know,
