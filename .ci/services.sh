@@ -39,6 +39,9 @@ ensure redis 127.0.0.1 6379 \
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
   --dir /var/lib/redis --logfile /var/log/redis/ci.log
 ensure rabbitmq 127.0.0.1 5672 rabbitmq-server -detached
+ensure nats 127.0.0.1 4222 \
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+  -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 
 env_file=.ci/env
 {
@@ -47,6 +50,7 @@ env_file=.ci/env
   echo "export REDIS_TEST_URL=\${REDIS_TEST_URL:-redis://127.0.0.1:6379/0}"
   echo "export MQTT_TEST_URL=\${MQTT_TEST_URL:-mqtt://127.0.0.1:1883}"
   echo "export RABBITMQ_TEST_URL=\${RABBITMQ_TEST_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+  echo "export NATS_TEST_URL=\${NATS_TEST_URL:-nats://127.0.0.1:4222}"
 } >"$env_file"
 
 # Servers that are not pre-installed: each script installs (cached), starts, and prints its

@@ -104,7 +104,12 @@ mod sqlite_open;
 pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+#[cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "nats"
+))]
 mod tls;
 
 pub use registry::{

@@ -14,6 +14,7 @@
 //! | `mysql://…`, `mariadb://…` | document store | MariaDB / MySQL | `mysql` | unknown |
 //! | `redis://…` | document store | Redis | `redis` | unknown |
 //! | `redis://…`, `rediss://…` | queue | Redis Streams | `redis` | unknown |
+//! | `nats://…` | queue | NATS JetStream | `nats` | unknown |
 //! | `s3://bucket?…` | blob store | S3 and compatible servers | `s3` | unknown |
 //! | `azure://container?…` | blob store | Azure Blob | `azure` | unknown |
 //! | `mqtt://…`, `mqtts://…` | queue | MQTT 5 broker (`mqtts` is `Unsupported`: no TLS without `ring` in rumqttc) | `mqtt` | unknown |
@@ -278,6 +279,7 @@ fn table() -> Vec<Row> {
             "redis",
             Open::Queue(compiled!("redis", open::redis_queue)),
         ),
+        row("nats", "nats", Open::Queue(compiled!("nats", open::nats))),
         row("s3", "s3", Open::Blob(compiled!("s3", open::s3))),
         row(
             "azure",
@@ -416,7 +418,7 @@ mod open {
         })
     }
 
-    // Redis, S3 and Azure read the location parameters themselves (for S3, `region` is also
+    // Redis, NATS, S3 and Azure read the location parameters themselves (for S3, `region` is also
     // the signing region), so they get the whole URL.
 
     #[cfg(feature = "redis")]
@@ -439,6 +441,14 @@ mod open {
     pub(super) fn redis_queue(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
         Box::pin(async move {
             let queue = crate::queue::RedisStreamsQueue::connect(url.expose()).await?;
+            Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
+        })
+    }
+
+    #[cfg(feature = "nats")]
+    pub(super) fn nats(url: ResourceUrl, _: &Shared) -> Opening<dyn MessageQueue> {
+        Box::pin(async move {
+            let queue = crate::queue::NatsQueue::connect(url.expose()).await?;
             Ok(Arc::new(queue) as Arc<dyn MessageQueue>)
         })
     }

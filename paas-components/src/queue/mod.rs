@@ -8,9 +8,13 @@
 //! | Redis Streams | `redis` | [`RedisStreamsQueue`] | server's | no ordering keys, no delayed publish; receipts work on every handle |
 //! | RabbitMQ | `rabbitmq` | `RabbitMqQueue` | yes | no ordering keys, no de-duplication; leases kept by the client, receipts per handle; delays by TTL queues |
 //! | Kafka | `kafka` | `KafkaQueue` | yes | consumer groups over offsets; client-side leases; no de-duplication or delayed publish |
+//! | NATS JetStream | `nats` | `NatsQueue` | yes | no ordering keys, no delayed publish; a stream per topic, a durable pull consumer per group |
 //!
-//! Server-backed queues: RabbitMQ (`amqp://`, feature `rabbitmq`, module `rabbitmq` when
-//! built with it); NATS, Redis Streams, MQTT and Kafka are planned.
+//! The server backends' types exist when their feature is on. Each server backend runs the
+//! whole kit, the peer case and the model test against its real server, plus a fault test
+//! through a cut TCP proxy (`tests/queue_<backend>.rs`). What several of them must emulate
+//! (receipts bound to a handle, client-side leases, acknowledged offsets, remembered
+//! deliveries) is written once in `emulation/`.
 //!
 //! Both embedded queues implement the whole model of [`cloud_abstraction::queue`]: consumer
 //! groups that see messages published after their creation, leases with an ack deadline,
@@ -35,6 +39,8 @@ pub mod mqtt;
 pub mod redis_streams;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -48,6 +54,8 @@ pub use mqtt::MqttQueue;
 pub use redis_streams::RedisStreamsQueue;
 #[cfg(feature = "rabbitmq")]
 pub use rabbitmq::RabbitMqQueue;
+#[cfg(feature = "nats")]
+pub use nats::NatsQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 
