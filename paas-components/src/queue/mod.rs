@@ -35,12 +35,12 @@ pub mod kafka;
 pub mod memory;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
-#[cfg(feature = "redis")]
-pub mod redis_streams;
-#[cfg(feature = "rabbitmq")]
-pub mod rabbitmq;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis_streams;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -50,12 +50,12 @@ pub use kafka::KafkaQueue;
 pub use memory::MemoryQueue;
 #[cfg(feature = "mqtt")]
 pub use mqtt::MqttQueue;
-#[cfg(feature = "redis")]
-pub use redis_streams::RedisStreamsQueue;
-#[cfg(feature = "rabbitmq")]
-pub use rabbitmq::RabbitMqQueue;
 #[cfg(feature = "nats")]
 pub use nats::NatsQueue;
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqQueue;
+#[cfg(feature = "redis")]
+pub use redis_streams::RedisStreamsQueue;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteQueue;
 
