@@ -136,8 +136,9 @@ fn server_url(var: &str, default: &str) -> Option<String> {
     None
 }
 
-/// Cloud A = PostgreSQL (reached through the example's cuttable proxy), cloud B = MariaDB;
-/// queues: one SQLite file per cloud until server queues are merged.
+/// Cloud A = PostgreSQL + NATS JetStream (both reached through the example's cuttable
+/// proxies), cloud B = MariaDB + Redis Streams. (The publisher carries each command's message
+/// id to the queue, so both queues must claim de-duplication: RabbitMQ and Kafka do not.)
 #[cfg(feature = "servers")]
 #[test]
 fn postgres_and_mariadb_clouds_lose_nothing_and_execute_once() {
@@ -150,26 +151,28 @@ fn postgres_and_mariadb_clouds_lose_nothing_and_execute_once() {
     let Some(mysql) = server_url("MYSQL_TEST_URL", "mysql://root@127.0.0.1:3306/test") else {
         return;
     };
-    let dir =
-        std::env::temp_dir().join(format!("two-cloud-vehicles-servers-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let Some(nats) = server_url("NATS_TEST_URL", "nats://127.0.0.1:4222") else {
+        return;
+    };
+    let Some(redis) = server_url("REDIS_TEST_URL", "redis://127.0.0.1:6379/0") else {
+        return;
+    };
+    let redis = format!(
+        "{redis}{}prefix=vehicles{}",
+        if redis.contains('?') { '&' } else { '?' },
+        std::process::id()
+    );
     let output = run(
         &[
             ("CLOUD_A_DOCUMENTS", postgres),
-            (
-                "CLOUD_A_QUEUE",
-                format!("sqlite://{}/a-queue.db", dir.display()),
-            ),
+            ("CLOUD_A_QUEUE", nats),
             ("CLOUD_B_DOCUMENTS", mysql),
-            (
-                "CLOUD_B_QUEUE",
-                format!("sqlite://{}/b-queue.db", dir.display()),
-            ),
+            ("CLOUD_B_QUEUE", redis),
         ],
         None,
     );
     assert!(output.contains("(servers mode)"));
     assert!(output.contains("CLOUD_A_DOCUMENTS  postgres://"));
+    assert!(output.contains("CLOUD_A_QUEUE      nats://"));
     check_summary(&output);
-    let _ = std::fs::remove_dir_all(&dir);
 }
