@@ -24,7 +24,7 @@
 //!   each member's error; its status is temporary if any member's was.
 //!
 //! Failover does not copy data between members: for stores that must hold the same data in
-//! both clouds, use the replicated stores (`multicloud::replicate`, planned) or give each
+//! both clouds, use the replicated document store (`multicloud::replicate`) or give each
 //! member its own copy. On its own it suits read-mostly data, queues whose messages carry ids
 //! (publishing with an id is idempotent), and compute.
 //!
