@@ -142,6 +142,26 @@ async fn receive_n(q: &Q, topic: &str, group: &str, n: usize) -> Vec<ReceivedMes
     got
 }
 
+/// One receive of up to `max` messages that waits up to `wait` for the first.
+async fn receive_within(
+    q: &Q,
+    topic: &str,
+    group: &str,
+    max: usize,
+    wait: Duration,
+) -> Vec<ReceivedMessage> {
+    q.receive(
+        topic,
+        group,
+        ReceiveOptions {
+            max_messages: max,
+            wait,
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// Receives exactly one message (within [`PATIENCE`]).
 async fn receive_one(q: &Q, topic: &str, group: &str) -> ReceivedMessage {
     let mut got = receive_n(q, topic, group, 1).await;
@@ -648,17 +668,7 @@ async fn competing_consumers(q: Q) {
         tasks.push(tokio::spawn(async move {
             let start = Instant::now();
             while seen.lock().unwrap().len() < N && start.elapsed() < PATIENCE {
-                let batch = q
-                    .receive(
-                        &topic,
-                        &group,
-                        ReceiveOptions {
-                            max_messages: 3,
-                            wait: Duration::from_millis(200),
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let batch = receive_within(&q, &topic, &group, 3, Duration::from_millis(200)).await;
                 for m in batch {
                     q.ack(&topic, &group, &m.receipt).await.unwrap();
                     seen.lock().unwrap().push(m.id);
@@ -687,17 +697,7 @@ async fn ack_is_final(q: Q) {
     q.ack(&topic, &group, &m.receipt).await.unwrap();
     // Well past the ack deadline: an acknowledged message never comes back.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = q
-        .receive(
-            &topic,
-            &group,
-            ReceiveOptions {
-                max_messages: 10,
-                wait: Duration::from_millis(300),
-            },
-        )
-        .await
-        .unwrap();
+    let again = receive_within(&q, &topic, &group, 10, Duration::from_millis(300)).await;
     assert!(again.is_empty(), "acknowledged message redelivered");
     q.delete_topic(&topic).await.unwrap();
 }
@@ -714,17 +714,7 @@ async fn redelivered_after_deadline(q: Q) {
     }
     if !q.capabilities().lease_expiry {
         // As claimed: the message stays with this consumer past its deadline.
-        let later = q
-            .receive(
-                &topic,
-                &group,
-                ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_millis(1500),
-                },
-            )
-            .await
-            .unwrap();
+        let later = receive_within(&q, &topic, &group, 10, Duration::from_millis(1500)).await;
         assert!(
             later.is_empty(),
             "a backend without lease expiry redelivered a leased message"
@@ -875,17 +865,7 @@ async fn dead_letter_after_max_attempts(q: Q) {
         }
         assert!(fine_seen);
         // The next receive finds the message out of attempts (backends may dead-letter lazily).
-        let rest = q
-            .receive(
-                &topic,
-                &group,
-                ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_millis(300),
-                },
-            )
-            .await
-            .unwrap();
+        let rest = receive_within(&q, &topic, &group, 10, Duration::from_millis(300)).await;
         assert!(
             rest.is_empty(),
             "dead-lettered message gone from its group: {:?}",
@@ -931,17 +911,7 @@ async fn deduplication_by_id(q: Q) {
         .await
         .unwrap();
     let got = receive_n(&q, &topic, &group, 2).await;
-    let mut extra = q
-        .receive(
-            &topic,
-            &group,
-            ReceiveOptions {
-                max_messages: 10,
-                wait: Duration::from_millis(300),
-            },
-        )
-        .await
-        .unwrap();
+    let mut extra = receive_within(&q, &topic, &group, 10, Duration::from_millis(300)).await;
     extra.extend(got);
     let mut ids: Vec<&str> = extra.iter().map(|m| m.id.as_str()).collect();
     ids.sort_unstable();
@@ -1181,17 +1151,7 @@ async fn long_polling_returns_early(q: Q) {
         })
     };
     let start = Instant::now();
-    let got = q
-        .receive(
-            &topic,
-            &group,
-            ReceiveOptions {
-                max_messages: 1,
-                wait: Duration::from_secs(5),
-            },
-        )
-        .await
-        .unwrap();
+    let got = receive_within(&q, &topic, &group, 1, Duration::from_secs(5)).await;
     let elapsed = start.elapsed();
     publisher.await.unwrap();
     assert_eq!(got.len(), 1, "the long poll got the message");
@@ -1293,17 +1253,7 @@ async fn receipt_from_another_handle(peers: Arc<Peers>) {
         // Acknowledged through `b`: past the 2 s deadline it does not come back on either.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         for (who, q) in [("a", &a), ("b", &b)] {
-            let got = q
-                .receive(
-                    &topic,
-                    &group,
-                    ReceiveOptions {
-                        max_messages: 10,
-                        wait: Duration::from_millis(300),
-                    },
-                )
-                .await
-                .unwrap();
+            let got = receive_within(q, &topic, &group, 10, Duration::from_millis(300)).await;
             assert!(
                 got.is_empty(),
                 "acknowledged through b, redelivered to {who}"
