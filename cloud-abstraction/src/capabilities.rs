@@ -40,6 +40,7 @@ impl CommonCapabilities for StorageCapabilities {
             metadata,
             presign,
             max_put_size,
+            metadata_names,
         } = self.clone();
         StorageCapabilities {
             conditional_put: conditional_put && other.conditional_put,
@@ -51,6 +52,7 @@ impl CommonCapabilities for StorageCapabilities {
             // A presigned URL names one member: useless once that member fails over.
             presign: presign && other.presign,
             max_put_size: min_limit(max_put_size, other.max_put_size),
+            metadata_names: metadata_names.common(other.metadata_names),
         }
     }
 }

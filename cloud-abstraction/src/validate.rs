@@ -26,14 +26,17 @@
 //!   [`MAX_CONTENT_TYPE_LEN`] bytes of printable ASCII.
 //!
 //! The rules apply to what a caller writes (`put`, `create_multipart`). A copy inside a store
-//! copies what the store holds, whichever tool wrote it.
+//! copies what the store holds, whichever tool wrote it. A put whose attributes are
+//! [as stored](crate::storage::PutOptions::as_stored) elsewhere (a migration between stores)
+//! is checked against what the destination can hold instead ([`stored_metadata_name`],
+//! [`stored_content_type`]), so objects other tools wrote stay copyable wherever they fit.
 //!
 //! # Queues
 //!
 //! The [`queue`] module holds the limits of [`MessageQueue`](crate::MessageQueue) input:
 //! message size, attributes, ids, delays, leases, batch and receive sizes.
 
-use crate::storage::PutOptions;
+use crate::storage::{MetadataNames, PutOptions};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 
@@ -261,12 +264,75 @@ pub fn metadata_value(backend: &'static str, name: &str, value: &str) -> Result<
     Ok(())
 }
 
+/// Checks a metadata name that another store or tool wrote, against what a store whose rule
+/// is `names` can hold unchanged: 1 to [`MAX_METADATA_NAME_LEN`] bytes, and the rule's
+/// characters. Every portable name passes under every rule.
+pub fn stored_metadata_name(backend: &'static str, name: &str, names: MetadataNames) -> Result<()> {
+    if names == MetadataNames::Portable || name.is_empty() || name.len() > MAX_METADATA_NAME_LEN {
+        return metadata_name(backend, name);
+    }
+    let fits = match names {
+        MetadataNames::LowercaseToken => is_token(name) && !name.contains(char::is_uppercase),
+        _ => is_token(name),
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        backend,
+        format!(
+            "metadata name `{}` cannot be stored here: names must be {}",
+            name.escape_debug(),
+            names.describe()
+        ),
+    ))
+}
+
+/// Checks a content type that another store or tool wrote: at most [`MAX_CONTENT_TYPE_LEN`]
+/// bytes of printable ASCII without surrounding spaces (what an HTTP header carries
+/// unchanged), not necessarily `type/subtype`.
+pub fn stored_content_type(backend: &'static str, content_type: &str) -> Result<()> {
+    if content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "content type is {} bytes long; the limit is {MAX_CONTENT_TYPE_LEN}",
+                content_type.len()
+            ),
+        ));
+    }
+    let printable = content_type.chars().all(|c| (' '..='~').contains(&c));
+    if content_type.is_empty()
+        || !printable
+        || content_type.starts_with(' ')
+        || content_type.ends_with(' ')
+    {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "content type `{}` cannot be stored: it must be printable ASCII without \
+                 surrounding spaces",
+                content_type.escape_debug()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a whole metadata map: every name and value, and the total size against
 /// [`MAX_METADATA_SIZE`].
 pub fn metadata(backend: &'static str, metadata: &BTreeMap<String, String>) -> Result<()> {
+    metadata_checked(backend, metadata, |name| metadata_name(backend, name))
+}
+
+fn metadata_checked(
+    backend: &'static str,
+    metadata: &BTreeMap<String, String>,
+    check_name: impl Fn(&str) -> Result<()>,
+) -> Result<()> {
     let mut total = 0usize;
     for (name, value) in metadata {
-        metadata_name(backend, name)?;
+        check_name(name)?;
         metadata_value(backend, name, value)?;
         total += name.len() + value.len();
     }
@@ -376,12 +442,26 @@ pub fn content_type(backend: &'static str, content_type: &str) -> Result<()> {
 }
 
 /// Checks what a put or multipart upload writes besides the bytes: the content type and the
-/// user metadata.
-pub fn put_options(backend: &'static str, options: &PutOptions) -> Result<()> {
-    if let Some(ct) = &options.content_type {
-        content_type(backend, ct)?;
+/// user metadata, by the portable rule; or, for attributes
+/// [as stored](PutOptions::as_stored) by another store, by what a store whose metadata
+/// rule is `names` can hold.
+pub fn put_options(
+    backend: &'static str,
+    options: &PutOptions,
+    names: MetadataNames,
+) -> Result<()> {
+    if !options.as_stored {
+        if let Some(ct) = &options.content_type {
+            content_type(backend, ct)?;
+        }
+        return metadata(backend, &options.metadata);
     }
-    metadata(backend, &options.metadata)
+    if let Some(ct) = &options.content_type {
+        stored_content_type(backend, ct)?;
+    }
+    metadata_checked(backend, &options.metadata, |name| {
+        stored_metadata_name(backend, name, names)
+    })
 }
 
 /// Checks a payload size against a backend limit.
@@ -437,6 +517,56 @@ mod tests {
             assert!(invalid(resource_name("t", "topic", bad)), "{bad:?}");
         }
         assert!(invalid(resource_name("t", "topic", &"a".repeat(64))));
+    }
+
+    #[test]
+    fn as_stored_names_follow_the_store_rule() {
+        use MetadataNames::*;
+        let rules = [Portable, LowercaseToken, Token];
+        // (name, admitted by Portable, LowercaseToken, Token)
+        let table: [(&str, [bool; 3]); 9] = [
+            ("vehicle_id", [true; 3]),
+            ("my-key", [false, true, true]),
+            ("my.key", [false, true, true]),
+            ("MyKey", [false, false, true]),
+            ("1st", [false, true, true]),
+            ("a b", [false; 3]),
+            ("a:b", [false; 3]),
+            ("", [false; 3]),
+            ("é", [false; 3]),
+        ];
+        for (name, admitted) in table {
+            for (rule, want) in rules.iter().zip(admitted) {
+                let got = stored_metadata_name("t", name, *rule);
+                assert_eq!(got.is_ok(), want, "{name:?} under {rule:?}: {got:?}");
+            }
+        }
+        let too_long = "n".repeat(MAX_METADATA_NAME_LEN + 1);
+        assert!(stored_metadata_name("t", &too_long, Token).is_err());
+        // The common rule of two stores admits exactly what both admit.
+        for a in rules {
+            for b in rules {
+                for (name, _) in table {
+                    let both = stored_metadata_name("t", name, a).is_ok()
+                        && stored_metadata_name("t", name, b).is_ok();
+                    let common = stored_metadata_name("t", name, a.common(b)).is_ok();
+                    assert_eq!(common, both, "{name:?}: {a:?} & {b:?}");
+                }
+            }
+        }
+        assert!(stored_content_type("t", "weird").is_ok());
+        for bad in ["", " weird", "weird ", "tab\there", "é"] {
+            assert!(stored_content_type("t", bad).is_err(), "{bad:?}");
+        }
+        // Without `as_stored`, the portable rule applies whatever the store holds.
+        let options = PutOptions::default().with_metadata("my-key", "v");
+        assert!(put_options("t", &options, Token).is_err());
+        let options = PutOptions {
+            as_stored: true,
+            ..options
+        };
+        assert!(put_options("t", &options, Token).is_ok());
+        assert!(put_options("t", &options, Portable).is_err());
     }
 
     #[test]

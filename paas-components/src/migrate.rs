@@ -22,8 +22,11 @@
 //! # Passes
 //!
 //! 1. **Pre-flight**: the source is paged through once and every item is checked against what
-//!    the destination will refuse: keys and ids, content types and user metadata (the portable
-//!    rules of [`cloud_abstraction::validate`], and the destination's `metadata` capability),
+//!    the destination will refuse: keys and ids, content types and user metadata (what the
+//!    destination can hold of attributes as another store wrote them:
+//!    [`PutOptions::as_stored`], its `metadata_names` and `metadata` capabilities; an object
+//!    boto3 wrote with the metadata name `my-key` copies to S3 or a file store, but not to
+//!    Azure, which holds only portable names unchanged),
 //!    sizes (`max_put_size` for objects that go up in one put, the multipart part limit for
 //!    the others, `max_document_size`), and TTLs (the `ttl` capability). The first offending
 //!    item fails the copy with [`InvalidArgument`](ErrorKind::InvalidArgument) naming it, and
@@ -191,9 +194,11 @@ async fn preflight_blobs(
             let put = PutOptions {
                 content_type: meta.content_type.clone(),
                 metadata: meta.metadata.clone(),
+                as_stored: true,
                 ..PutOptions::default()
             };
-            validate::put_options(backend, &put).map_err(|e| refused(to, &what, e))?;
+            validate::put_options(backend, &put, caps.metadata_names)
+                .map_err(|e| refused(to, &what, e))?;
             if plan(from, to, meta.size, options).is_none() {
                 let len = usize::try_from(meta.size).unwrap_or(usize::MAX);
                 validate::payload_size(backend, "the object", len, caps.max_put_size)
@@ -271,6 +276,7 @@ async fn copy_object(
         let put = PutOptions {
             content_type: object.meta.content_type.clone(),
             metadata: object.meta.metadata.clone(),
+            as_stored: true,
             ..PutOptions::default()
         };
         let copied = CopiedObject {
@@ -289,6 +295,7 @@ async fn copy_object(
     let put = PutOptions {
         content_type: meta.content_type.clone(),
         metadata: meta.metadata.clone(),
+        as_stored: true,
         ..PutOptions::default()
     };
     let upload = to.create_multipart(key, put).await?;

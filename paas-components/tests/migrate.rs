@@ -328,8 +328,10 @@ fn raw_s3(url: &str) -> object_store::aws::AmazonS3 {
         .unwrap()
 }
 
+/// Objects other tools wrote copy as they are where the destination can hold them, and a
+/// destination that cannot is refused by the pre-flight, before anything is copied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pre_flight_refuses_before_copying_anything() {
+async fn objects_other_tools_wrote_copy_as_stored_or_are_refused_before_copying() {
     use object_store::{Attribute, AttributeValue, Attributes, ObjectStore};
     let s3_configured = std::env::var("S3_TEST_URL").unwrap_or_else(|_| S3.to_string());
     let Some(s3_url) = support::server_url(
@@ -341,24 +343,37 @@ async fn pre_flight_refuses_before_copying_anything() {
     else {
         return;
     };
+    let az_configured = std::env::var("AZURE_TEST_URL").unwrap_or_else(|_| AZURE.to_string());
+    let Some(az_url) = support::server_url(
+        "AZURE_TEST_URL",
+        AZURE,
+        &endpoint_of(&az_configured, "127.0.0.1:10000"),
+    )
+    .await
+    else {
+        return;
+    };
     let s3 = S3BlobStore::from_url(&s3_url).unwrap();
+    let azure = AzureBlobStore::from_url(&az_url).unwrap();
     let prefix = format!("{}/", unique_name("preflight-"));
     for i in 0..5 {
         s3.put_bytes(&format!("{prefix}a-{i}"), Bytes::from_static(b"ok"))
             .await
             .unwrap();
     }
-    // Written by another tool: a metadata name with `-`, which the portable rule refuses
-    // (Azure could not store it), listed after the good objects.
-    let bad = format!("{prefix}z-foreign");
+    // Written by another tool: a metadata name with `-` (as boto3 may write), which the
+    // portable rule does not let a caller write, and a content type that is not
+    // `type/subtype`; listed after the good objects.
+    let foreign = format!("{prefix}z-foreign");
     let mut attributes = Attributes::new();
     attributes.insert(
         Attribute::Metadata("my-key".into()),
         AttributeValue::from("v"),
     );
+    attributes.insert(Attribute::ContentType, AttributeValue::from("weird"));
     raw_s3(&s3_url)
         .put_opts(
-            &object_store::path::Path::from(bad.as_str()),
+            &object_store::path::Path::from(foreign.as_str()),
             object_store::PutPayload::from_static(b"x"),
             object_store::PutOptions {
                 attributes,
@@ -367,29 +382,34 @@ async fn pre_flight_refuses_before_copying_anything() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        s3.head(&bad)
-            .await
-            .unwrap()
-            .metadata
-            .get("my-key")
-            .map(String::as_str),
-        Some("v")
-    );
+    let source = s3.head(&foreign).await.unwrap();
+    assert_eq!(source.metadata.get("my-key").map(String::as_str), Some("v"));
 
+    // A file store holds any header-token name: everything is copied and verified.
     let dir = tempfile::tempdir().unwrap();
     let local = LocalBlobStore::open(dir.path()).unwrap();
-    let err = copy_blobs(&s3, &local, &prefix, CopyOptions::default(), |_| {})
+    let report = copy_blobs(&s3, &local, &prefix, CopyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!((report.copied, report.verified), (6, 6), "{report:?}");
+    assert!(report.mismatches.is_empty());
+    let copy = local.head(&foreign).await.unwrap();
+    assert_eq!(copy.metadata, source.metadata);
+    assert_eq!(copy.content_type.as_deref(), Some("weird"));
+
+    // Azure holds only portable names unchanged (C# identifiers, read back lower-cased):
+    // refused by the pre-flight, naming the object and the name, and nothing is copied.
+    let err = copy_blobs(&s3, &azure, &prefix, CopyOptions::default(), |_| {})
         .await
         .unwrap_err();
     assert_eq!(err.kind(), cloud_abstraction::ErrorKind::InvalidArgument);
-    assert!(err.message().contains(&bad), "names the item: {err}");
+    assert!(err.message().contains(&foreign), "names the item: {err}");
     assert!(
-        err.message().contains("my-key"),
-        "names the rule broken: {err}"
+        err.message().contains("my-key") && err.message().contains("lower-case"),
+        "names the name and the rule: {err}"
     );
     assert!(
-        local.list_all(&prefix).await.unwrap().is_empty(),
+        azure.list_all(&prefix).await.unwrap().is_empty(),
         "nothing was copied"
     );
     for meta in s3.list_all(&prefix).await.unwrap() {

@@ -46,6 +46,58 @@ pub struct StorageCapabilities {
     pub presign: bool,
     /// Largest object accepted by a single [`BlobStore::put`], if limited.
     pub max_put_size: Option<u64>,
+    /// Which metadata names the store can hold when a put carries metadata
+    /// [as stored](PutOptions::as_stored) by another store or tool. New objects always use the
+    /// portable names of [`validate::metadata_name`](crate::validate::metadata_name).
+    pub metadata_names: MetadataNames,
+}
+
+/// The metadata names a store can hold, beyond the portable ones (which every store with the
+/// `metadata` capability holds). Each rule admits every portable name. It matters only for
+/// [`PutOptions::as_stored`]: copying objects that another tool wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetadataNames {
+    /// Only portable names: Azure Blob (names must be C# identifiers, and come back
+    /// lower-cased through HTTP), and the safe answer for a store that does not say more.
+    Portable,
+    /// Lower-case HTTP header tokens (RFC 9110 `tchar`s, no upper-case letters): S3, which
+    /// carries names as `x-amz-meta-*` headers and lower-cases them.
+    LowercaseToken,
+    /// Any HTTP header token, case kept: the embedded stores.
+    Token,
+}
+
+impl MetadataNames {
+    /// The names both rules admit (the rule of a store that writes to both).
+    pub fn common(self, other: Self) -> Self {
+        // Each rule admits every name of the one before it.
+        use MetadataNames::*;
+        let rank = |n: Self| match n {
+            Portable => 0,
+            LowercaseToken => 1,
+            Token => 2,
+        };
+        if rank(self) <= rank(other) {
+            self
+        } else {
+            other
+        }
+    }
+
+    /// What a name under this rule looks like, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            MetadataNames::Portable => {
+                "lower-case letters, digits and `_`, not starting with a digit (the portable \
+                 rule; Azure's names are C# identifiers, read back lower-cased)"
+            }
+            MetadataNames::LowercaseToken => {
+                "lower-case HTTP header tokens (S3 lower-cases metadata names)"
+            }
+            MetadataNames::Token => "HTTP header tokens",
+        }
+    }
 }
 
 impl StorageCapabilities {
@@ -60,6 +112,7 @@ impl StorageCapabilities {
             metadata: true,
             presign: false,
             max_put_size: None,
+            metadata_names: MetadataNames::Token,
         }
     }
 
@@ -74,6 +127,7 @@ impl StorageCapabilities {
             metadata: false,
             presign: false,
             max_put_size: None,
+            metadata_names: MetadataNames::Portable,
         }
     }
 }
@@ -104,6 +158,12 @@ pub struct PutOptions {
     /// User metadata stored with the object (names: lower-case ASCII letters, digits and `_`;
     /// values: printable ASCII; see [`validate::metadata`](crate::validate::metadata)).
     pub metadata: BTreeMap<String, String>,
+    /// The content type and metadata are as another store holds them, not chosen by this
+    /// program: a copy or migration of objects that other tools wrote. They are then checked
+    /// against what this store can hold ([`StorageCapabilities::metadata_names`]; a content
+    /// type of printable ASCII) instead of the portable rule, so whatever a store holds stays
+    /// copyable. New objects should leave this `false`. Default `false`.
+    pub as_stored: bool,
 }
 
 impl PutOptions {

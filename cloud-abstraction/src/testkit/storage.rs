@@ -13,7 +13,7 @@ use crate::storage::{
     BlobStore, BlobStoreExt, CopyOptions, GetOptions, GetRange, ListOptions, ListPage,
     PresignMethod, PutMode, PutOptions, StorageCapabilities,
 };
-use crate::{ErrorKind, Result};
+use crate::{ErrorKind, Result, validate};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,6 +48,7 @@ pub fn cases() -> Vec<Case<dyn BlobStore>> {
         crate::conformance_case!(large_object_round_trip),
         crate::conformance_case!(invalid_keys_rejected),
         crate::conformance_case!(metadata_and_content_type_rules),
+        crate::conformance_case!(metadata_as_stored_rules),
         crate::conformance_case!(max_put_size_enforced),
         crate::conformance_case!(presign_unless_claimed_is_unsupported),
     ]
@@ -1320,6 +1321,98 @@ async fn metadata_and_content_type_rules(store: Store) {
             }
         }
     }
+    cleanup(&store, &p).await;
+}
+
+/// Attributes as another tool wrote them ([`PutOptions::as_stored`]): each name the store's
+/// [`metadata_names`](StorageCapabilities::metadata_names) rule admits must read back exactly
+/// (in a put and through a multipart upload); each it refuses must fail with
+/// `InvalidArgument` and store nothing. So a store cannot claim names it would change.
+async fn metadata_as_stored_rules(store: Store) {
+    let p = prefix();
+    let c = caps(&store);
+    let rows: [(&str, Option<&str>); 9] = [
+        ("my-key", None),
+        ("MyKey", None),
+        ("my.key", None),
+        ("1st", None),
+        ("x_y", None),
+        ("a b", None),
+        ("a:b", None),
+        ("x_y", Some("weird")),
+        ("x_y", Some(" weird")),
+    ];
+    for (i, (name, content_type)) in rows.into_iter().enumerate() {
+        let key = format!("{p}stored-{i}");
+        let options = PutOptions {
+            content_type: content_type.map(str::to_string),
+            metadata: [(name.to_string(), "v".to_string())].into(),
+            as_stored: true,
+            ..PutOptions::default()
+        };
+        let what = format!("as-stored put with name {name:?}, content type {content_type:?}");
+        let result = store.put(&key, bytes("x"), options.clone()).await;
+        if !c.metadata {
+            assert_kind(result, ErrorKind::Unsupported, &what);
+            continue;
+        }
+        let admitted = validate::stored_metadata_name("kit", name, c.metadata_names).is_ok()
+            && content_type.is_none_or(|ct| validate::stored_content_type("kit", ct).is_ok());
+        if !admitted {
+            assert_kind(result, ErrorKind::InvalidArgument, &what);
+            assert_kind(
+                store.head(&key).await,
+                ErrorKind::NotFound,
+                &format!("{what}: nothing stored"),
+            );
+            continue;
+        }
+        ok(result, &what);
+        let head = ok(store.head(&key).await, "head");
+        assert_eq!(
+            head.metadata, options.metadata,
+            "{what}: metadata read back"
+        );
+        if let Some(ct) = content_type {
+            assert_eq!(
+                head.content_type.as_deref(),
+                Some(ct),
+                "{what}: content type"
+            );
+        }
+        if c.multipart {
+            let key = format!("{key}-multipart");
+            let upload = ok(
+                store.create_multipart(&key, options.clone()).await,
+                &format!("{what}: create_multipart"),
+            );
+            let part = ok(
+                store.put_part(&key, &upload, 0, bytes("x")).await,
+                "put_part",
+            );
+            ok(
+                store.complete_multipart(&key, &upload, vec![part]).await,
+                &format!("{what}: complete_multipart"),
+            );
+            let head = ok(store.head(&key).await, "head");
+            assert_eq!(
+                head.metadata, options.metadata,
+                "{what}: multipart metadata"
+            );
+        }
+    }
+    // The portable rule still holds for what a caller writes.
+    let key = format!("{p}portable");
+    let options = PutOptions::default().with_metadata("my-key", "v");
+    assert_kind(
+        store.put(&key, bytes("x"), options).await,
+        if c.metadata {
+            ErrorKind::InvalidArgument
+        } else {
+            ErrorKind::Unsupported
+        },
+        "a non-portable name without as_stored",
+    );
     cleanup(&store, &p).await;
 }
 

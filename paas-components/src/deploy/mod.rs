@@ -22,8 +22,9 @@
 //!   workload is not ready in time, fails, or spends more than [`Gate::error_budget`]
 //!   restarts (summed over the stage's workloads) while watched.
 //! - A failed gate **rolls back** the whole rollout: every step applied so far, in reverse
-//!   order, re-applies the spec that was in force before it (recorded in its step), or
-//!   deletes the workload if there was none. A failed rollout so leaves the previous version
+//!   order, re-applies the spec that was in force before it (recorded in its step) and
+//!   waits until it is ready again (within [`Gate::ready_timeout`]), or deletes the
+//!   workload if there was none. A failed rollout so leaves the previous version
 //!   everywhere, not a mix of versions across clouds; stages after the failed one never run.
 //!   A rollback step that fails does not stop the others; the rollout then ends as
 //!   `rollback_failed` rather than `rolled_back`, since the previous version may not run.
@@ -679,7 +680,11 @@ impl Driver {
                 let _ = rec;
                 match orig.previous {
                     Some(spec) => {
+                        // Restored means the previous version runs again, not merely that it
+                        // was asked for: the time-to-restore measure ends when this step does.
+                        let name = spec.name.clone();
                         t.apply(spec).await?;
+                        t.wait_ready(&name, req.gate.ready_timeout).await?;
                     }
                     None => {
                         t.delete(&req.units[&step.unit].name).await?;

@@ -26,7 +26,7 @@ use super::object_store_adapter::{
     Flavor, ObjectStoreBlobStore, check_endpoint, client_options, delegate_blob_store, parse_bool,
     retry_config,
 };
-use cloud_abstraction::storage::StorageCapabilities;
+use cloud_abstraction::storage::{MetadataNames, StorageCapabilities};
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
 use object_store::azure::MicrosoftAzureBuilder;
 use std::sync::Arc;
@@ -140,6 +140,8 @@ impl AzureBlobStore {
         capabilities.presign = false;
         // A single Put Blob takes at most 5000 MiB.
         capabilities.max_put_size = Some(5000 * 1024 * 1024);
+        // Names come back lower-cased through HTTP: only portable names round-trip.
+        capabilities.metadata_names = MetadataNames::Portable;
         let flavor = Flavor {
             backend: BACKEND,
             capabilities,

@@ -181,6 +181,9 @@ impl UploadRecord {
             },
             content_type: self.content_type.clone(),
             metadata: self.metadata.clone(),
+            // Checked when the upload was created (by the rule that applied then), and every
+            // name that passed a rule passes the as-stored one.
+            as_stored: true,
         }
     }
 }
@@ -676,11 +679,13 @@ impl BlobStore for LocalBlobStore {
             mode,
             content_type,
             metadata,
+            ..
         } = options;
         let header_options = PutOptions {
             mode: PutMode::Overwrite,
             content_type,
             metadata,
+            as_stored: false,
         };
         let (tmp, etag) = blocking(move || {
             let etag = embedded::etag(

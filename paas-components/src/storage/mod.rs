@@ -35,7 +35,9 @@ pub use s3::S3BlobStore;
 /// Helpers shared by the embedded stores (ETags, metadata checks, listing pages).
 #[cfg(any(feature = "memory", feature = "local"))]
 mod embedded {
-    use cloud_abstraction::storage::{DEFAULT_CONTENT_TYPE, ListOptions, PutOptions};
+    use cloud_abstraction::storage::{
+        DEFAULT_CONTENT_TYPE, ListOptions, MetadataNames, PutOptions,
+    };
     use cloud_abstraction::{Result, validate};
     use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
@@ -86,7 +88,8 @@ mod embedded {
     /// [`validate::put_options`], the same as on S3 and Azure; a missing content type becomes
     /// [`DEFAULT_CONTENT_TYPE`], as on the cloud stores.
     pub(crate) fn check_put_options(backend: &'static str, options: &mut PutOptions) -> Result<()> {
-        validate::put_options(backend, options)?;
+        // The embedded stores keep any header-token name as it is (`StorageCapabilities::full`).
+        validate::put_options(backend, options, MetadataNames::Token)?;
         options
             .content_type
             .get_or_insert_with(|| DEFAULT_CONTENT_TYPE.to_string());

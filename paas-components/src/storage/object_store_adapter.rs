@@ -179,7 +179,11 @@ impl ObjectStoreBlobStore {
                 "content type and metadata",
             ));
         }
-        validate::put_options(self.backend(), options)?;
+        validate::put_options(
+            self.backend(),
+            options,
+            self.flavor.capabilities.metadata_names,
+        )?;
         Ok(self.attributes_as_stored(options))
     }
 
@@ -684,6 +688,7 @@ impl ObjectStoreBlobStore {
                     mode: PutMode::Create,
                     content_type: source.meta.content_type,
                     metadata: source.meta.metadata,
+                    as_stored: true,
                 };
                 // What the store holds is copied as it is, whichever tool wrote it.
                 return self.put_with(to, source.data, put, false).await;

@@ -32,7 +32,7 @@ use super::object_store_adapter::{
     Flavor, ObjectStoreBlobStore, check_endpoint, client_options, delegate_blob_store, parse_bool,
     retry_config,
 };
-use cloud_abstraction::storage::StorageCapabilities;
+use cloud_abstraction::storage::{MetadataNames, StorageCapabilities};
 use cloud_abstraction::{Error, Location, ResourceUrl, Result};
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::signer::Signer;
@@ -185,6 +185,7 @@ impl S3BlobStore {
         caps.multipart_min_part_size = 5 * 1024 * 1024;
         caps.presign = true;
         caps.max_put_size = Some(5 * 1024 * 1024 * 1024);
+        caps.metadata_names = MetadataNames::LowercaseToken;
         caps
     }
 
