@@ -15,7 +15,10 @@ pub struct Rejected {
     pub region: String,
     /// Weighted compute + latency cost of one replica there.
     pub cost_per_replica: f64,
-    /// Why the region was not taken.
+    /// How much cheaper one replica would be there than in the dearest chosen region
+    /// (compute + latency only: egress and migration are what the reasons weigh against it).
+    pub saving_per_replica: f64,
+    /// Why the region was not taken: each reason once, each naming the constraint.
     pub reasons: Vec<String>,
 }
 
@@ -34,7 +37,17 @@ pub struct Explanation {
     pub rejected: Vec<Rejected>,
 }
 
-fn replica_cost(
+/// The overrides of `model` by (unit, region).
+pub(crate) fn overrides(model: &Model) -> BTreeMap<(&str, &str), &crate::model::Override> {
+    model
+        .overrides
+        .iter()
+        .map(|o| ((o.unit.as_str(), o.region.as_str()), o))
+        .collect()
+}
+
+/// Weighted compute + latency cost of one replica of `u` in `r`, and its demand there.
+pub(crate) fn replica_cost(
     model: &Model,
     ov: &BTreeMap<(&str, &str), &crate::model::Override>,
     u: &Unit,
@@ -64,11 +77,7 @@ fn replica_cost(
 
 /// Explains every unit of `plan` (which should be a feasible plan of `model`).
 pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
-    let ov: BTreeMap<(&str, &str), &crate::model::Override> = model
-        .overrides
-        .iter()
-        .map(|o| ((o.unit.as_str(), o.region.as_str()), o))
-        .collect();
+    let ov = overrides(model);
     let regions: Vec<(&Provider, &Region)> = model.regions().collect();
     let by_id: BTreeMap<&str, (&Provider, &Region)> = regions
         .iter()
@@ -234,16 +243,27 @@ pub fn explain(model: &Model, plan: &Plan) -> Vec<Explanation> {
             rejected.push(Rejected {
                 region: r.id.clone(),
                 cost_per_replica: c,
-                reasons,
+                saving_per_replica: chosen_cost - c,
+                reasons: once_each(reasons),
             });
         }
         out.push(Explanation {
             unit: u.id.clone(),
             placement: placement.into_iter().collect(),
             cost_per_replica: chosen_cost,
-            binding,
+            binding: once_each(binding),
             rejected,
         });
     }
     out
+}
+
+/// `reasons` without repeats, in first-seen order (a unit named in both anti-affinity lists,
+/// say, is one reason, not two).
+fn once_each(reasons: Vec<String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    reasons
+        .into_iter()
+        .filter(|r| seen.insert(r.clone()))
+        .collect()
 }

@@ -7,40 +7,61 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::PlacementError;
+use crate::explain::{overrides, replica_cost};
 use crate::gap::{GapInstance, parse_gap};
 use crate::model::{Model, Plan};
 use crate::solver::{Solution, SolveOptions, solve};
 
-fn unit_costs(model: &Model, plan: &Plan) -> BTreeMap<String, f64> {
+/// Per region: the weighted compute + latency cost of its replicas, and its load per
+/// dimension.
+struct RegionUse<'a> {
+    cost: f64,
+    load: BTreeMap<&'a str, f64>,
+    /// Units there, with their replica counts.
+    units: BTreeMap<&'a str, u32>,
+}
+
+fn region_use<'a>(model: &'a Model, plan: &'a Plan) -> BTreeMap<&'a str, RegionUse<'a>> {
     let regions: BTreeMap<&str, &crate::model::Region> =
         model.regions().map(|(_, r)| (r.id.as_str(), r)).collect();
-    let ov: BTreeMap<(&str, &str), &crate::model::Override> = model
-        .overrides
-        .iter()
-        .map(|o| ((o.unit.as_str(), o.region.as_str()), o))
-        .collect();
-    let w = model.weights;
-    let mut out = BTreeMap::new();
+    let ov = overrides(model);
+    let mut out: BTreeMap<&str, RegionUse<'_>> = BTreeMap::new();
     for u in &model.units {
-        let mut c = 0.0;
         for r in plan.placements.get(&u.id).into_iter().flatten() {
             let Some(reg) = regions.get(r.as_str()) else {
                 continue;
             };
-            let o = ov.get(&(u.id.as_str(), r.as_str()));
-            let d = o.and_then(|o| o.demand.as_ref()).unwrap_or(&u.demand);
-            let compute = o.and_then(|o| o.cost).unwrap_or_else(|| {
-                d.iter()
-                    .map(|(k, v)| v * reg.price.get(k).copied().unwrap_or(0.0))
-                    .sum()
+            let (cost, demand) = replica_cost(model, &ov, u, reg);
+            let entry = out.entry(reg.id.as_str()).or_insert_with(|| RegionUse {
+                cost: 0.0,
+                load: BTreeMap::new(),
+                units: BTreeMap::new(),
             });
-            let lat = u
-                .user_regions
-                .iter()
-                .filter_map(|x| reg.latency_ms.get(x).copied())
-                .fold(0.0, f64::max);
-            c += w.compute * compute + w.latency * lat;
+            entry.cost += cost;
+            for dim in &model.dimensions {
+                *entry.load.entry(dim.as_str()).or_default() +=
+                    demand.get(dim).copied().unwrap_or(0.0);
+            }
+            *entry.units.entry(u.id.as_str()).or_default() += 1;
         }
+    }
+    out
+}
+
+fn unit_costs(model: &Model, plan: &Plan) -> BTreeMap<String, f64> {
+    let regions: BTreeMap<&str, &crate::model::Region> =
+        model.regions().map(|(_, r)| (r.id.as_str(), r)).collect();
+    let ov = overrides(model);
+    let mut out = BTreeMap::new();
+    for u in &model.units {
+        let c = plan
+            .placements
+            .get(&u.id)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| regions.get(r.as_str()))
+            .map(|reg| replica_cost(model, &ov, u, reg).0)
+            .sum();
         out.insert(u.id.clone(), c);
     }
     out
@@ -136,9 +157,10 @@ pub fn render_solution(model: &Model, sol: &Solution) -> String {
         for r in &e.rejected {
             let _ = writeln!(
                 s,
-                "    not {} ({:.2}): {}",
+                "    not {} ({:.2}, {:.2} cheaper per replica): {}",
                 r.region,
                 r.cost_per_replica,
+                r.saving_per_replica,
                 r.reasons.join("; ")
             );
         }
@@ -153,28 +175,47 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Draws the plan as a hand-written SVG: one column per region, grouped by
-/// provider, listing the units (with replica counts) placed there.
+/// Colours of cells in the SVG, in order of first appearance (units without a cell are grey).
+const CELL_COLOURS: [&str; 8] = [
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f",
+];
+const NO_CELL: &str = "#bbbbbb";
+
+/// Draws the plan as a hand-written SVG, to be read at a glance: one column per region,
+/// grouped by provider; in each, the region's cost (weighted compute + latency of its
+/// replicas), a bar per resource dimension with the share of capacity in use (red from 99%),
+/// and the units placed there with their replica counts, each marked with its cell's colour
+/// (legend at the bottom).
 pub fn render_svg(model: &Model, plan: &Plan) -> String {
-    let mut per_region: BTreeMap<&str, BTreeMap<&str, u32>> = BTreeMap::new();
-    for (u, regs) in &plan.placements {
-        for r in regs {
-            *per_region
-                .entry(r.as_str())
-                .or_default()
-                .entry(u.as_str())
-                .or_default() += 1;
+    let used = region_use(model, plan);
+    let mut cells: Vec<&str> = Vec::new();
+    for u in &model.units {
+        if let Some(c) = u.cell.as_deref() {
+            if !cells.contains(&c) {
+                cells.push(c);
+            }
         }
     }
-    let colw = 190.0;
+    let colour_of = |unit: &str| {
+        model
+            .units
+            .iter()
+            .find(|u| u.id == unit)
+            .and_then(|u| u.cell.as_deref())
+            .and_then(|c| cells.iter().position(|x| *x == c))
+            .map_or(NO_CELL, |i| CELL_COLOURS[i % CELL_COLOURS.len()])
+    };
+    let colw = 200.0;
     let line = 16.0;
-    let palette = [
-        "#fde2c8", "#d4e6f9", "#d9f2d0", "#f3d6f3", "#fff4b8", "#dddddd",
-    ];
-    let max_units = per_region.values().map(|m| m.len()).max().unwrap_or(0) as f64;
+    let bar_w = colw - 90.0;
+    let dims = model.dimensions.len() as f64;
+    let max_units = used.values().map(|m| m.units.len()).max().unwrap_or(0) as f64;
     let ncols = model.regions().count().max(1) as f64;
     let width = 20.0 + ncols * (colw + 10.0) + 10.0 * model.providers.len() as f64;
-    let height = 110.0 + (max_units + 1.0) * line;
+    let units_top = 96.0 + dims * line;
+    let legend_top = units_top + (max_units + 1.0) * line + 30.0;
+    let legend_rows = (cells.len() as f64 / 4.0).ceil().max(1.0);
+    let height = legend_top + legend_rows * line + 10.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -182,14 +223,12 @@ pub fn render_svg(model: &Model, plan: &Plan) -> String {
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let mut x = 10.0;
-    for (pi, p) in model.providers.iter().enumerate() {
-        let n = p.regions.len() as f64;
-        let pw = n * (colw + 10.0) + 10.0;
-        let color = palette[pi % palette.len()];
+    for p in &model.providers {
+        let pw = p.regions.len() as f64 * (colw + 10.0) + 10.0;
         let _ = writeln!(
             s,
-            r##"<rect x="{x}" y="10" width="{pw}" height="{}" fill="{color}" stroke="#555" rx="8"/>"##,
-            height - 20.0
+            r##"<rect x="{x}" y="10" width="{pw}" height="{}" fill="#f2f2f2" stroke="#555" rx="8"/>"##,
+            legend_top - 30.0
         );
         let _ = writeln!(
             s,
@@ -200,24 +239,70 @@ pub fn render_svg(model: &Model, plan: &Plan) -> String {
         );
         let mut cx = x + 10.0;
         for r in &p.regions {
-            let units = per_region.get(r.id.as_str());
+            let region = used.get(r.id.as_str());
             let _ = writeln!(
                 s,
                 r##"<rect x="{cx}" y="42" width="{colw}" height="{}" fill="white" stroke="#888" rx="4"/>"##,
-                height - 62.0
+                legend_top - 82.0
             );
             let _ = writeln!(
                 s,
-                r#"<text x="{}" y="60" font-weight="bold">{}</text>"#,
+                r#"<text x="{}" y="60" font-weight="bold">{}{}</text>"#,
                 cx + 6.0,
-                esc(&r.id)
+                esc(&r.id),
+                if r.down { " (down)" } else { "" }
             );
-            let mut y = 60.0 + line;
-            for (u, c) in units.into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="76" class="cost">cost {:.2}</text>"#,
+                cx + 6.0,
+                region.map_or(0.0, |u| u.cost)
+            );
+            let mut y = 92.0;
+            for dim in &model.dimensions {
+                let load = region
+                    .and_then(|u| u.load.get(dim.as_str()))
+                    .copied()
+                    .unwrap_or(0.0);
+                let cap = r.capacity.get(dim).copied().unwrap_or(0.0);
+                let share = if cap > 0.0 { load / cap } else { 0.0 };
+                let fill = if share >= 0.99 { "#d62728" } else { "#2ca02c" };
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{}" class="use">{} {:.0}%</text>"#,
+                    cx + 6.0,
+                    y + 10.0,
+                    esc(dim),
+                    100.0 * share
+                );
+                let _ = writeln!(
+                    s,
+                    r##"<rect x="{}" y="{}" width="{bar_w}" height="10" fill="#e6e6e6"/>"##,
+                    cx + 84.0,
+                    y + 1.0
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{}" y="{}" width="{:.1}" height="10" fill="{fill}"/>"#,
+                    cx + 84.0,
+                    y + 1.0,
+                    bar_w * share.min(1.0)
+                );
+                y += line;
+            }
+            let mut y = units_top + line;
+            for (u, c) in region.map(|r| &r.units).into_iter().flatten() {
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/>"#,
+                    cx + 8.0,
+                    y - 9.0,
+                    colour_of(u)
+                );
                 let _ = writeln!(
                     s,
                     r#"<text x="{}" y="{y}">{} x{c}</text>"#,
-                    cx + 10.0,
+                    cx + 24.0,
                     esc(u)
                 );
                 y += line;
@@ -225,6 +310,25 @@ pub fn render_svg(model: &Model, plan: &Plan) -> String {
             cx += colw + 10.0;
         }
         x += pw + 10.0;
+    }
+    if !cells.is_empty() {
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="{}" font-weight="bold">cells</text>"#,
+            legend_top
+        );
+    }
+    for (i, cell) in cells.iter().enumerate() {
+        let lx = 60.0 + (i % 4) as f64 * 160.0;
+        let ly = legend_top + (i / 4) as f64 * line;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{ly}" class="cell">{}</text>"#,
+            ly - 9.0,
+            CELL_COLOURS[i % CELL_COLOURS.len()],
+            lx + 16.0,
+            esc(cell)
+        );
     }
     let _ = writeln!(s, "</svg>");
     s

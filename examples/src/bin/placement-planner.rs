@@ -4,9 +4,14 @@
 //!
 //! ```text
 //! placement-planner MODEL [--time-limit SECS] [--seed N] [--survivable]
-//!                         [--what-if-fail PROVIDER] [--svg FILE] [--greedy]
+//!                         [--what-if-fail PROVIDER] [--svg FILE] [--greedy] [--json]
 //! placement-planner --gap FILE [--time-limit SECS] [--seed N]
 //! ```
+//!
+//! With `--json` the only output is one JSON object for other tools: `solution` (the plan,
+//! its cost by term, the lower bound, the gap, the explanations and the run statistics) and
+//! `checker` (the independent check's violations and recomputed cost). `--svg` draws the plan:
+//! per region its cost, its capacity use per dimension, and its units coloured by cell.
 //!
 //! In `--gap` mode exactly one line per instance is printed on standard
 //! output: `<file-stem>-<index> <cost> <lower-bound> <seconds>`.
@@ -30,10 +35,11 @@ struct Args {
     what_if: Option<String>,
     svg: Option<PathBuf>,
     greedy: bool,
+    json: bool,
 }
 
 const USAGE: &str = "usage: placement-planner MODEL [--time-limit SECS] [--seed N] [--survivable] \
-[--what-if-fail PROVIDER] [--svg FILE] [--greedy]\n       placement-planner --gap FILE [--time-limit SECS] [--seed N]";
+[--what-if-fail PROVIDER] [--svg FILE] [--greedy] [--json]\n       placement-planner --gap FILE [--time-limit SECS] [--seed N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -45,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         what_if: None,
         svg: None,
         greedy: false,
+        json: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -67,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
             "--what-if-fail" => a.what_if = Some(value("--what-if-fail")?),
             "--svg" => a.svg = Some(PathBuf::from(value("--svg")?)),
             "--greedy" => a.greedy = true,
+            "--json" => a.json = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             s if s.starts_with("--") => return Err(format!("unknown option `{s}`\n{USAGE}")),
             s => {
@@ -117,8 +125,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     opts.seed = args.seed;
     opts.survivable = args.survivable;
     let sol = solve(&model, &opts)?;
-    println!("== plan for {}\n", path.display());
-    print!("{}", render_solution(&model, &sol));
     let rep = check_with(
         &model,
         &sol.plan,
@@ -127,6 +133,16 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             migration_budget: None,
         },
     );
+    if args.json {
+        if let Some(svg) = &args.svg {
+            std::fs::write(svg, render_svg(&model, &sol.plan))?;
+        }
+        let out = serde_json::json!({ "solution": sol, "checker": rep });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("== plan for {}\n", path.display());
+    print!("{}", render_solution(&model, &sol));
     println!(
         "\nchecker: {} (recomputed cost {:.4})",
         if rep.is_feasible() {
