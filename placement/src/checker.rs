@@ -46,6 +46,7 @@ pub fn check(model: &Model, plan: &Plan) -> CheckReport {
 
 struct Ctx<'a> {
     regions: BTreeMap<&'a str, (&'a Provider, &'a Region)>,
+    egress: crate::model::EgressPrices<'a>,
     overrides: BTreeMap<(&'a str, &'a str), &'a crate::model::Override>,
 }
 
@@ -62,7 +63,11 @@ impl<'a> Ctx<'a> {
             .iter()
             .map(|o| ((o.unit.as_str(), o.region.as_str()), o))
             .collect();
-        Ctx { regions, overrides }
+        Ctx {
+            regions,
+            egress: crate::model::EgressPrices::new(model),
+            overrides,
+        }
     }
 
     fn demand(&self, u: &'a Unit, region: &str) -> &'a BTreeMap<String, f64> {
@@ -85,26 +90,6 @@ impl<'a> Ctx<'a> {
         d.iter()
             .map(|(k, v)| v * region.price.get(k).copied().unwrap_or(0.0))
             .sum()
-    }
-
-    fn egress_price(&self, model: &Model, a: &str, b: &str) -> f64 {
-        if a == b {
-            return 0.0;
-        }
-        if let Some(e) = model
-            .egress
-            .iter()
-            .find(|e| e.from_region == a && e.to_region == b)
-        {
-            return e.price_per_gb;
-        }
-        let (pa, _) = self.regions[a];
-        let (pb, _) = self.regions[b];
-        if pa.id == pb.id {
-            pa.egress_inter_region
-        } else {
-            pa.egress_internet
-        }
     }
 }
 
@@ -302,7 +287,7 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
         let mut s = 0.0;
         for ra in a.iter() {
             for rb in b.iter() {
-                s += ctx.egress_price(model, ra, rb);
+                s += ctx.egress.price(ra, rb);
             }
         }
         rep.cost.egress += w.egress * t.gb * s / (a.len() as f64 * b.len() as f64);

@@ -65,6 +65,14 @@ pub enum ModelError {
         /// The unknown key.
         dimension: String,
     },
+    /// One (source, destination) region pair is listed twice under `egress`.
+    #[error("egress price for `{from_region}` -> `{to_region}` is listed more than once")]
+    DuplicateEgress {
+        /// Source region of the pair.
+        from_region: String,
+        /// Destination region of the pair.
+        to_region: String,
+    },
     /// A number that must be non-negative is negative.
     #[error("{context}: negative value {value}")]
     Negative {
