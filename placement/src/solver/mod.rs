@@ -141,6 +141,7 @@ pub(crate) struct RunResult {
 
 /// Full pipeline on a compiled instance with capacities `cap`.
 pub(crate) fn run(
+    model: &Model,
     inst: &Instance,
     cap: &[f64],
     opts: &SolveOptions,
@@ -155,6 +156,29 @@ pub(crate) fn run(
     let a0 = construct::construct(inst, cap, &zeros, warm);
     let s0 = State::new(inst, cap.to_vec(), a0, move_penalty);
     let ub0 = s0.feasible().then_some(s0.cost);
+    // What follows the search (building the plan, explanations, the
+    // survivability check) is not interruptible: time it once on the first
+    // plan and end the search early by three times that (it also stands for
+    // freeing the instance) plus 1% of the budget
+    // (scheduling jitter on a loaded machine), so that the call as a whole
+    // returns within its time limit.
+    let deadline = deadline.map(|d| {
+        let t = Instant::now();
+        let assign = assign_of(inst, &s0.apos);
+        let _ = evaluate(inst, &assign);
+        let plan = plan_of(inst, &assign);
+        if opts.explain {
+            let _ = explain(model, &plan);
+        }
+        if opts.survivable {
+            let _ = unsurvivable(inst, &assign);
+            let _ = crate::checker::check_survivable(model, &plan);
+        }
+        drop(plan);
+        let budget = d.saturating_duration_since(start);
+        let reserve = (t.elapsed() * 3 + budget / 100).min(budget / 3);
+        d.checked_sub(reserve).unwrap_or(d)
+    });
     // Large instances (sweep search) profit more from a tight bound and its
     // multipliers than from search time: give the bound 40% there (70% with
     // many allowed regions per item, see below), 25% else.
@@ -383,7 +407,7 @@ fn solve_compiled(
         .flat_map(|r| r.cap.iter().map(move |&c| if r.down { 0.0 } else { c }))
         .collect();
     if !opts.survivable {
-        let r = run(inst, &cap0, opts, warm, move_penalty, deadline);
+        let r = run(model, inst, &cap0, opts, warm, move_penalty, deadline);
         let apos = r.best.apos.clone();
         let viol = move || {
             let st = State::new(inst, cap0, apos, move_penalty);
@@ -405,7 +429,7 @@ fn solve_compiled(
         let mut o = opts.clone();
         o.max_scans = opts.max_scans / 4;
         let cap: Vec<f64> = cap0.iter().map(|c| c * s).collect();
-        let r = run(inst, &cap, &o, warm, move_penalty, sub_deadline);
+        let r = run(model, inst, &cap, &o, warm, move_penalty, sub_deadline);
         if s == 1.0 {
             last_bound = r.bound;
         }
