@@ -145,6 +145,94 @@ fn random_model(seed: u64, np: usize, rpp: usize, nu: usize) -> Model {
     }
 }
 
+/// Cost of the best plan of `m` by brute force (every multiset of regions per
+/// unit, judged by the independent checker); `None` when no plan is feasible
+/// or there are more than `limit` plans.
+fn brute_force_optimum(m: &Model, limit: u64) -> Option<Option<f64>> {
+    let regions: Vec<String> = m.regions().map(|(_, r)| r.id.clone()).collect();
+    let multisets = |k: usize| -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut cur = vec![0usize; k];
+        loop {
+            out.push(cur.iter().map(|&i| regions[i].clone()).collect());
+            // Next non-decreasing index vector.
+            let mut i = k;
+            loop {
+                if i == 0 {
+                    return out;
+                }
+                i -= 1;
+                if cur[i] + 1 < regions.len() {
+                    let v = cur[i] + 1;
+                    cur[i..].iter_mut().for_each(|x| *x = v);
+                    break;
+                }
+            }
+        }
+    };
+    let options: Vec<Vec<Vec<String>>> = m
+        .units
+        .iter()
+        .map(|u| multisets(u.replicas as usize))
+        .collect();
+    let count = options
+        .iter()
+        .try_fold(1u64, |acc, o| acc.checked_mul(o.len() as u64))?;
+    if count > limit {
+        return None;
+    }
+    let mut best: Option<f64> = None;
+    let mut idx = vec![0usize; options.len()];
+    'all: loop {
+        let plan = Plan {
+            placements: m
+                .units
+                .iter()
+                .zip(&idx)
+                .enumerate()
+                .map(|(u, (unit, &i))| (unit.id.clone(), options[u][i].clone()))
+                .collect(),
+        };
+        let rep = check(m, &plan);
+        if rep.is_feasible() {
+            best = Some(best.map_or(rep.cost.total, |b: f64| b.min(rep.cost.total)));
+        }
+        for k in 0..idx.len() {
+            idx[k] += 1;
+            if idx[k] < options[k].len() {
+                continue 'all;
+            }
+            idx[k] = 0;
+        }
+        break;
+    }
+    Some(best)
+}
+
+/// `random_model` with heavier traffic and some region-pair egress prices,
+/// so that egress weighs in the optimum.
+fn traffic_model(seed: u64, nu: usize) -> Model {
+    let mut m = random_model(seed, 2, 2, nu);
+    let mut g = Lcg(seed ^ 0x9e37);
+    for t in &mut m.traffic {
+        t.gb *= 1.0 + g.below(40) as f64;
+    }
+    let regions: Vec<String> = m.regions().map(|(_, r)| r.id.clone()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..g.below(3) {
+        let a = regions[g.below(regions.len() as u64) as usize].clone();
+        let b = regions[g.below(regions.len() as u64) as usize].clone();
+        if seen.insert((a.clone(), b.clone())) {
+            m.egress.push(EgressPrice {
+                from_region: a,
+                to_region: b,
+                price_per_gb: g.below(3) as f64 * 0.05,
+            });
+        }
+    }
+    m
+}
+
 fn opts(seed: u64) -> SolveOptions {
     SolveOptions {
         max_scans: 3_000,
@@ -191,6 +279,33 @@ proptest! {
             Err(PlacementError::NoFeasiblePlanFound { violations }) => prop_assert!(!violations.is_empty()),
             Err(PlacementError::Invalid(_)) => {}
             Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+
+    /// The bound (the relaxation's value, before it is capped at the plan's
+    /// cost) never exceeds the brute-force optimum, on models with traffic,
+    /// egress overrides, current placements with migration costs,
+    /// anti-affinity, co-location and spread; and re-planning after a region
+    /// loss (migration against the previous plan) keeps it below too.
+    #[test]
+    fn bound_never_exceeds_the_brute_force_optimum(seed in any::<u64>(), nu in 1usize..5) {
+        let m = traffic_model(seed, nu);
+        let Some(opt) = brute_force_optimum(&m, 6_000) else { return Ok(()) };
+        match (solve(&m, &opts(seed)), opt) {
+            (Ok(s), Some(opt)) => {
+                let tol = 1e-6 * opt.abs().max(1.0);
+                prop_assert!(s.stats.relaxation_bound <= opt + tol, "bound {} > optimum {opt}", s.stats.relaxation_bound);
+                prop_assert!(s.cost.total >= opt - tol);
+                let lost = &m.providers[0].regions[0].id;
+                let down = m.with_region_down(lost);
+                let ro = ResolveOptions { solve: opts(seed), ..ResolveOptions::default() };
+                let mm = down.with_current_placement(&s.plan);
+                if let (Ok(r), Some(Some(opt2))) = (resolve(&down, &s.plan, &ro), brute_force_optimum(&mm, 6_000)) {
+                    prop_assert!(r.stats.relaxation_bound <= opt2 + 1e-6 * opt2.abs().max(1.0), "re-plan bound {} > optimum {opt2}", r.stats.relaxation_bound);
+                }
+            }
+            (Ok(s), None) => prop_assert!(false, "plan for an infeasible model: {:?}", s.plan),
+            (Err(_), _) => {}
         }
     }
 

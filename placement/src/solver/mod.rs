@@ -80,6 +80,9 @@ pub struct SolveStats {
     pub capacity_scale: f64,
     /// Existing replicas whose region changed.
     pub moved_replicas: u64,
+    /// The relaxation's value before [`Solution::lower_bound`] caps it at the
+    /// plan's cost (tests compare it with brute-force optima).
+    pub relaxation_bound: f64,
 }
 
 /// A solved placement.
@@ -388,6 +391,7 @@ fn finish(
             seconds: start.elapsed().as_secs_f64(),
             capacity_scale: scale,
             moved_replicas: moved,
+            relaxation_bound: r.bound,
         },
     })
 }
