@@ -144,6 +144,14 @@ pub enum Conflict {
         /// Total capacity of the regions.
         capacity: f64,
     },
+    /// Survivable mode: after this failure the model is infeasible by itself,
+    /// so no plan can absorb it.
+    Unsurvivable {
+        /// The failure (`provider `x`` or `region `y``).
+        failure: String,
+        /// Why the model with that failure is infeasible.
+        conflicts: Vec<Conflict>,
+    },
     /// A spread requirement asks for more providers or regions than the unit may use.
     SpreadUnsatisfiable {
         /// The unit.
@@ -183,6 +191,14 @@ impl fmt::Display for Conflict {
                 abbreviate(units),
                 abbreviate(regions)
             ),
+            Conflict::Unsurvivable { failure, conflicts } => {
+                write!(f, "if {failure} fails: ")?;
+                if conflicts.is_empty() {
+                    write!(f, "no region is left")
+                } else {
+                    write!(f, "{}", join(conflicts))
+                }
+            }
             Conflict::SpreadUnsatisfiable {
                 unit,
                 over,

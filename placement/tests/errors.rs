@@ -384,3 +384,74 @@ fn solver_and_checker_share_the_egress_price_rule() {
     assert_eq!(prices.price("a-1", "a-1"), 0.0);
     assert_eq!(prices.price("a-1", "nowhere"), 0.0);
 }
+
+#[test]
+fn impossible_survivability_names_the_failure_unit_and_constraint() {
+    let mut u = unit("db", 1.0, 2);
+    u.allowed_regions = vec!["aws-eu".into(), "azure-eu".into()];
+    u.spread = Some(Spread {
+        min_providers: 2,
+        min_regions: 0,
+    });
+    let m = with_unit(u);
+    let quick = SolveOptions {
+        max_scans: 20_000,
+        ..SolveOptions::default()
+    };
+    // Solvable as such...
+    assert!(solve(&m, &quick).is_ok());
+    // ...but losing aws (or azure) leaves one provider for a two-provider spread.
+    let o = SolveOptions {
+        survivable: true,
+        ..quick
+    };
+    let PlacementError::Infeasible(c) = solve(&m, &o).expect_err("not survivable") else {
+        panic!("expected Infeasible");
+    };
+    assert_eq!(c.len(), 2, "{c:?}");
+    match &c[0] {
+        Conflict::Unsurvivable { failure, conflicts } => {
+            assert_eq!(failure, "provider `aws`");
+            assert!(matches!(
+                &conflicts[..],
+                [Conflict::SpreadUnsatisfiable { unit, required: 2, available: 1, .. }] if unit == "db"
+            ));
+        }
+        other => panic!("expected Unsurvivable, got {other:?}"),
+    }
+    let text = PlacementError::Infeasible(c).to_string();
+    assert!(
+        text.contains("if provider `aws` fails: unit `db` must spread over 2 providers"),
+        "{text}"
+    );
+}
+
+#[test]
+fn survivability_check_names_what_blocks_the_re_placement() {
+    // Capacity is plenty, but anti-affinity forbids the only region left for
+    // `b`'s replica when aws fails, and `a` may run nowhere but gcp.
+    let mut m = base_model();
+    let mut a = unit("a", 1.0, 1);
+    a.allowed_regions = vec!["gcp-eu".into()];
+    let mut b = unit("b", 1.0, 1);
+    b.allowed_regions = vec!["aws-eu".into(), "gcp-eu".into()];
+    b.anti_affinity = vec!["a".into()];
+    m.units = vec![a, b];
+    let plan = Plan {
+        placements: BTreeMap::from([
+            ("a".to_string(), vec!["gcp-eu".to_string()]),
+            ("b".to_string(), vec!["aws-eu".to_string()]),
+        ]),
+    };
+    assert!(cloud_placement::checker::check(&m, &plan).is_feasible());
+    let v = cloud_placement::checker::check_survivable(&m, &plan);
+    assert_eq!(
+        v,
+        vec![
+            "if provider `aws` fails, a replica of `b`: anti-affinity with `a` in `gcp-eu` \
+             blocks the re-placement",
+            "if provider `gcp` fails, a replica of `a`: no region its filters allow blocks \
+             the re-placement",
+        ]
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cloud_placement::checker::{CheckOptions, check, check_with};
+use cloud_placement::checker::{CheckOptions, Survival, check, check_survivable_with, check_with};
 #[cfg(feature = "bench-support")]
 use cloud_placement::gap::GapInstance;
 use cloud_placement::model::*;
@@ -233,6 +233,86 @@ fn traffic_model(seed: u64, nu: usize) -> Model {
     m
 }
 
+/// Survivability by brute force: for each failure (provider, or also region),
+/// every assignment of the displaced replicas to the other regions (a
+/// co-location group's as one), survivors fixed, judged by the plain checker
+/// on the model with the failure applied. `None` when too many to try.
+fn brute_force_survivable(m: &Model, plan: &Plan, regions_too: bool) -> Option<bool> {
+    let mut failures: Vec<(Model, Vec<String>)> = m
+        .providers
+        .iter()
+        .map(|p| {
+            let lost = p.regions.iter().map(|r| r.id.clone()).collect();
+            (m.with_provider_down(&p.id), lost)
+        })
+        .collect();
+    if regions_too {
+        for (_, r) in m.regions() {
+            failures.push((m.with_region_down(&r.id), vec![r.id.clone()]));
+        }
+    }
+    let all: Vec<String> = m.regions().map(|(_, r)| r.id.clone()).collect();
+    for (fm, lost) in failures {
+        let targets: Vec<&String> = all.iter().filter(|r| !lost.contains(r)).collect();
+        // Slots to choose: (unit ids sharing the choice, replicas each).
+        let mut slots: Vec<Vec<(String, usize)>> = Vec::new();
+        let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+        let mut base = plan.clone();
+        for u in &m.units {
+            let regs = base.placements.get_mut(&u.id)?;
+            let n = regs.iter().filter(|r| lost.contains(r)).count();
+            regs.retain(|r| !lost.contains(r));
+            if n == 0 {
+                continue;
+            }
+            match &u.colocate {
+                Some(g) => {
+                    let i = *groups.entry(g.clone()).or_insert_with(|| {
+                        slots.push(Vec::new());
+                        slots.len() - 1
+                    });
+                    slots[i].push((u.id.clone(), n));
+                }
+                None => slots.extend((0..n).map(|_| vec![(u.id.clone(), 1)])),
+            }
+        }
+        if slots.is_empty() {
+            continue;
+        }
+        if targets.is_empty() {
+            return Some(false);
+        }
+        let total = (targets.len() as u64).checked_pow(slots.len() as u32)?;
+        if total > 20_000 {
+            return None;
+        }
+        let mut ok = false;
+        for code in 0..total {
+            let mut c = code;
+            let mut p = base.clone();
+            for slot in &slots {
+                let r = targets[(c % targets.len() as u64) as usize];
+                c /= targets.len() as u64;
+                for (u, n) in slot {
+                    let v = p.placements.get_mut(u)?;
+                    v.extend(std::iter::repeat_n(r.clone(), *n));
+                }
+            }
+            for v in p.placements.values_mut() {
+                v.sort();
+            }
+            if check(&fm, &p).is_feasible() {
+                ok = true;
+                break;
+            }
+        }
+        if !ok {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
 fn opts(seed: u64) -> SolveOptions {
     SolveOptions {
         max_scans: 3_000,
@@ -306,6 +386,43 @@ proptest! {
             }
             (Ok(s), None) => prop_assert!(false, "plan for an infeasible model: {:?}", s.plan),
             (Err(_), _) => {}
+        }
+    }
+
+    /// The checker's survivability verdict (exact search) agrees with brute
+    /// force on the plans the solver returns, for provider failures and for
+    /// provider-or-region failures.
+    #[test]
+    fn survivability_check_matches_brute_force(seed in any::<u64>(), nu in 1usize..6) {
+        let m = random_model(seed, 3, 2, nu);
+        let Ok(s) = solve(&m, &opts(seed)) else { return Ok(()) };
+        for regions in [false, true] {
+            let Some(expected) = brute_force_survivable(&m, &s.plan, regions) else { continue };
+            let found = check_survivable_with(&m, &s.plan, &Survival { regions, ..Survival::default() });
+            prop_assert_eq!(found.is_empty(), expected, "regions {}: {:?}", regions, found);
+        }
+    }
+
+    /// Survivable plans (provider, and provider-or-region failures) pass the
+    /// exact check, and brute force confirms them.
+    #[test]
+    fn survivable_plans_survive_by_brute_force(seed in any::<u64>(), nu in 1usize..5) {
+        let m = random_model(seed, 3, 2, nu);
+        for regions in [false, true] {
+            let o = SolveOptions { survivable: true, survive_regions: regions, ..opts(seed) };
+            match solve(&m, &o) {
+                Ok(s) => {
+                    let found = check_survivable_with(&m, &s.plan, &Survival { regions, ..Survival::default() });
+                    prop_assert!(found.is_empty(), "{:?}", found);
+                    prop_assert!(check(&m, &s.plan).is_feasible());
+                    if let Some(ok) = brute_force_survivable(&m, &s.plan, regions) {
+                        prop_assert!(ok, "brute force finds a failure the plan cannot absorb");
+                    }
+                }
+                Err(PlacementError::Infeasible(c)) => prop_assert!(!c.is_empty()),
+                Err(PlacementError::NoFeasiblePlanFound { violations }) => prop_assert!(!violations.is_empty()),
+                Err(e) => prop_assert!(false, "unexpected error {e}"),
+            }
         }
     }
 
