@@ -7,6 +7,11 @@
 //!    1,000 / 10,000 / 100,000 units x 10 / 100 regions, 2 dimensions, spread
 //!    over 2 providers, 85% of the capacity used. Time limits 1 s / 2 s / 20 s.
 //!
+//! 3. On time: every GAP instance and the synthetic instances solved once more
+//!    with their time limit, the wall time of the whole `solve` call compared
+//!    with the limit (worst and mean overrun printed), and the reported gap
+//!    of the shipped connected-vehicle model.
+//!
 //! Criterion only times; the gaps (to the optimum for GAP, to the lower bound
 //! for synthetic instances) are printed on standard error once per instance
 //! for both the solver and the baseline. Set `PLACEMENT_BENCH_QUICK=1` to skip
@@ -130,5 +135,63 @@ fn synthetic(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gap, synthetic);
+/// Wall time of each `solve` against its limit; no criterion timing (the
+/// figure is the overrun, printed on standard error).
+fn on_time(_c: &mut Criterion) {
+    let quick = std::env::var_os("PLACEMENT_BENCH_QUICK").is_some();
+    let mut runs: Vec<(String, cloud_placement::Model, f64)> = Vec::new();
+    if let Some(dir) = locate_gap_dir() {
+        for t in ['a', 'b', 'c', 'd'] {
+            let Ok(text) = std::fs::read_to_string(dir.join(format!("gap{t}.txt"))) else {
+                continue;
+            };
+            for (i, gi) in parse_gap(&text).unwrap_or_default().iter().enumerate() {
+                runs.push((format!("gap{t}-{}", i + 1), gi.to_model(), 1.0));
+            }
+        }
+    }
+    for (units, regions, secs) in [(1_000, 100, 1.0), (10_000, 100, 2.0), (100_000, 100, 20.0)] {
+        if quick && units >= 100_000 {
+            continue;
+        }
+        let m = generate(&SyntheticSpec::new(units, regions, 7));
+        runs.push((format!("synthetic {units}x{regions}"), m, secs));
+    }
+    let (mut worst, mut sum, mut over) = (f64::NEG_INFINITY, 0.0, 0);
+    for (name, model, secs) in &runs {
+        let mut opts = SolveOptions::with_time_limit(Duration::from_secs_f64(*secs));
+        opts.explain = false;
+        let t = Instant::now();
+        let r = solve(model, &opts);
+        let pct = 100.0 * (t.elapsed().as_secs_f64() - secs) / secs;
+        worst = worst.max(pct);
+        sum += pct.max(0.0);
+        over += usize::from(pct > 1.0);
+        if let Ok(s) = r {
+            eprintln!(
+                "placement/on-time {name}: {pct:+.2}% of {secs} s, gap to bound {:.3}%",
+                100.0 * s.gap
+            );
+        }
+    }
+    eprintln!(
+        "placement/on-time: {} runs, worst overrun {worst:+.2}%, mean {:.3}%, over 1%: {over}",
+        runs.len(),
+        sum / runs.len().max(1) as f64
+    );
+    let cv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/models/connected-vehicle.yaml");
+    if let Ok(m) = cloud_placement::Model::from_path(&cv) {
+        if let Ok(s) = solve(&m, &SolveOptions::with_time_limit(Duration::from_secs(1))) {
+            eprintln!(
+                "placement/connected-vehicle: cost {:.2} bound {:.2} reported gap {:.3}%",
+                s.cost.total,
+                s.lower_bound,
+                100.0 * s.gap
+            );
+        }
+    }
+}
+
+criterion_group!(benches, gap, synthetic, on_time);
 criterion_main!(benches);

@@ -13,7 +13,8 @@ use crate::model::{CostBreakdown, Model, Plan, Provider, Region, Unit};
 /// Options of [`check_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CheckOptions {
-    /// Also verify that every single-provider failure can be absorbed.
+    /// Also verify that every single-provider failure can be absorbed
+    /// (exactly, see [`check_survivable`]).
     pub survivable: bool,
     /// Maximum number of voluntary replica moves (forced moves excluded).
     pub migration_budget: Option<u64>,
@@ -46,6 +47,7 @@ pub fn check(model: &Model, plan: &Plan) -> CheckReport {
 
 struct Ctx<'a> {
     regions: BTreeMap<&'a str, (&'a Provider, &'a Region)>,
+    egress: crate::model::EgressPrices<'a>,
     overrides: BTreeMap<(&'a str, &'a str), &'a crate::model::Override>,
 }
 
@@ -62,7 +64,11 @@ impl<'a> Ctx<'a> {
             .iter()
             .map(|o| ((o.unit.as_str(), o.region.as_str()), o))
             .collect();
-        Ctx { regions, overrides }
+        Ctx {
+            regions,
+            egress: crate::model::EgressPrices::new(model),
+            overrides,
+        }
     }
 
     fn demand(&self, u: &'a Unit, region: &str) -> &'a BTreeMap<String, f64> {
@@ -85,26 +91,6 @@ impl<'a> Ctx<'a> {
         d.iter()
             .map(|(k, v)| v * region.price.get(k).copied().unwrap_or(0.0))
             .sum()
-    }
-
-    fn egress_price(&self, model: &Model, a: &str, b: &str) -> f64 {
-        if a == b {
-            return 0.0;
-        }
-        if let Some(e) = model
-            .egress
-            .iter()
-            .find(|e| e.from_region == a && e.to_region == b)
-        {
-            return e.price_per_gb;
-        }
-        let (pa, _) = self.regions[a];
-        let (pb, _) = self.regions[b];
-        if pa.id == pb.id {
-            pa.egress_inter_region
-        } else {
-            pa.egress_internet
-        }
     }
 }
 
@@ -302,7 +288,7 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
         let mut s = 0.0;
         for ra in a.iter() {
             for rb in b.iter() {
-                s += ctx.egress_price(model, ra, rb);
+                s += ctx.egress.price(ra, rb);
             }
         }
         rep.cost.egress += w.egress * t.gb * s / (a.len() as f64 * b.len() as f64);
@@ -322,106 +308,338 @@ pub fn check_with(model: &Model, plan: &Plan, opts: &CheckOptions) -> CheckRepor
     rep
 }
 
-/// Simulates the failure of each provider: the replicas placed there must
-/// fit (first fit decreasing, cheapest region first) into the spare capacity
-/// of the other providers' regions that their filters allow. Returns one
-/// message per provider whose failure cannot be absorbed.
+/// Checks that `plan` survives the loss of any one provider: for each
+/// provider, the replicas placed there can be re-placed in the other
+/// providers' regions, the surviving replicas staying where they are, so that
+/// every hard constraint holds again (filters, capacity of the spare room,
+/// spread, co-location, anti-affinity). Returns one message per failure that
+/// cannot be absorbed, naming a unit and the constraint that blocks it.
+/// Exact, see [`check_survivable_with`].
 pub fn check_survivable(model: &Model, plan: &Plan) -> Vec<String> {
-    let ctx = Ctx::new(model);
-    let units: BTreeMap<&str, &Unit> = model.units.iter().map(|u| (u.id.as_str(), u)).collect();
-    let mut load: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for (uid, regs) in &plan.placements {
-        let Some(u) = units.get(uid.as_str()) else {
-            continue;
-        };
-        for r in regs {
-            if !ctx.regions.contains_key(r.as_str()) {
-                continue;
-            }
-            for (k, v) in ctx.demand(u, r) {
-                *load.entry((r.as_str(), k.as_str())).or_default() += v;
+    check_survivable_with(model, plan, &Survival::default())
+}
+
+/// Which single failures [`check_survivable_with`] tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Survival {
+    /// Also the loss of any one region (not only of any one provider).
+    pub regions: bool,
+    /// Search nodes per failure; a failure not decided within them is
+    /// reported as not absorbed (conservative).
+    pub max_nodes: u64,
+}
+
+impl Default for Survival {
+    fn default() -> Self {
+        Survival {
+            regions: false,
+            max_nodes: 200_000,
+        }
+    }
+}
+
+/// A displaced item: one replica of a unit, or a whole co-location group
+/// (its replicas all share one region).
+struct Item<'a> {
+    units: Vec<(&'a Unit, u64)>,
+    label: String,
+}
+
+/// Exact survivability check: for each failure (every provider, and with
+/// `opts.regions` every region), a depth-first search re-places the displaced
+/// replicas (largest first, identical replicas in non-decreasing region
+/// order, pruning on capacity, filters, anti-affinity and spread still
+/// reachable). Returns one message per failure that cannot be absorbed.
+pub fn check_survivable_with(model: &Model, plan: &Plan, opts: &Survival) -> Vec<String> {
+    let mut failures: Vec<(String, BTreeSet<&str>)> = Vec::new();
+    for p in &model.providers {
+        if !p.down {
+            let rs = p.regions.iter().map(|r| r.id.as_str()).collect();
+            failures.push((format!("provider `{}`", p.id), rs));
+        }
+    }
+    if opts.regions {
+        for (p, r) in model.regions() {
+            if !p.down && !r.down {
+                failures.push((
+                    format!("region `{}`", r.id),
+                    BTreeSet::from([r.id.as_str()]),
+                ));
             }
         }
     }
-    let total_cap: BTreeMap<&str, f64> = model
-        .dimensions
-        .iter()
-        .map(|d| {
-            (
-                d.as_str(),
-                model
-                    .regions()
-                    .map(|(_, r)| r.capacity.get(d).copied().unwrap_or(0.0))
-                    .sum::<f64>()
-                    .max(1e-12),
-            )
-        })
-        .collect();
     let mut out = Vec::new();
-    for p in &model.providers {
-        if p.down {
-            continue;
-        }
-        let mut displaced: Vec<(&Unit, &str)> = Vec::new();
-        for (uid, regs) in &plan.placements {
-            let Some(u) = units.get(uid.as_str()) else {
-                continue;
-            };
-            for r in regs {
-                if ctx
-                    .regions
-                    .get(r.as_str())
-                    .is_some_and(|(pp, _)| pp.id == p.id)
-                {
-                    displaced.push((u, r.as_str()));
-                }
-            }
-        }
-        let size = |u: &Unit, r: &str| {
-            ctx.demand(u, r)
-                .iter()
-                .map(|(k, v)| v / total_cap.get(k.as_str()).copied().unwrap_or(1.0))
-                .fold(0.0, f64::max)
-        };
-        displaced.sort_by(|a, b| {
-            size(b.0, b.1)
-                .total_cmp(&size(a.0, a.1))
-                .then(a.0.id.cmp(&b.0.id))
-        });
-        let mut l = load.clone();
-        let mut failed = None;
-        for (u, _) in &displaced {
-            let mut cands: Vec<(f64, &Region)> = model
-                .regions()
-                .filter(|(pp, r)| pp.id != p.id && filter(u, pp, r).is_empty())
-                .map(|(_, r)| (ctx.compute_cost(u, r), r))
-                .collect();
-            cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.id.cmp(&b.1.id)));
-            let fit = cands.into_iter().find(|(_, r)| {
-                ctx.demand(u, &r.id).iter().all(|(k, v)| {
-                    let c = r.capacity.get(k).copied().unwrap_or(0.0);
-                    l.get(&(r.id.as_str(), k.as_str())).copied().unwrap_or(0.0) + v
-                        <= c + 1e-9 * c.abs().max(1.0)
-                })
-            });
-            match fit {
-                Some((_, r)) => {
-                    for (k, v) in ctx.demand(u, &r.id) {
-                        *l.entry((r.id.as_str(), k.as_str())).or_default() += v;
-                    }
-                }
-                None => {
-                    failed = Some(u.id.clone());
-                    break;
-                }
-            }
-        }
-        if let Some(uid) = failed {
-            out.push(format!(
-                "if provider `{}` fails, a replica of `{uid}` finds no spare capacity elsewhere",
-                p.id
-            ));
+    for (name, lost) in &failures {
+        if let Err(why) = absorb(model, plan, lost, opts.max_nodes) {
+            out.push(format!("if {name} fails, {why}"));
         }
     }
     out
+}
+
+struct Search<'a> {
+    ctx: &'a Ctx<'a>,
+    items: Vec<Item<'a>>,
+    /// Candidate regions per item (filters passed, not lost).
+    cands: Vec<Vec<&'a str>>,
+    load: BTreeMap<(&'a str, &'a str), f64>,
+    /// Final regions per unit (survivors + re-placed so far), with counts.
+    placed: BTreeMap<&'a str, BTreeMap<&'a str, u64>>,
+    /// Items of each unit still to place.
+    left: BTreeMap<&'a str, u64>,
+    anti: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// Candidate index chosen per placed item.
+    chosen: Vec<usize>,
+    nodes: u64,
+    max_nodes: u64,
+    /// Deepest failure seen, for the message.
+    blocked: Option<(usize, String)>,
+}
+
+impl<'a> Search<'a> {
+    fn fits(&self, it: &Item<'a>, r: &'a str) -> Result<(), String> {
+        let (_, reg) = self.ctx.regions[r];
+        let mut need: BTreeMap<&str, f64> = BTreeMap::new();
+        for (u, n) in &it.units {
+            for (k, v) in self.ctx.demand(u, r) {
+                *need.entry(k.as_str()).or_default() += v * *n as f64;
+            }
+        }
+        for (k, v) in need {
+            let c = reg.capacity.get(k).copied().unwrap_or(0.0);
+            let l = self.load.get(&(r, k)).copied().unwrap_or(0.0);
+            if l + v > c + 1e-9 * c.abs().max(1.0) {
+                return Err(format!("capacity ({k} in `{r}`)"));
+            }
+        }
+        for (u, _) in &it.units {
+            if let Some(others) = self.anti.get(u.id.as_str()) {
+                for o in others {
+                    if self.placed.get(o).is_some_and(|m| m.contains_key(r)) {
+                        return Err(format!("anti-affinity with `{o}` in `{r}`"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Can unit `u` still meet its spread with `left` items to place?
+    fn spread_reachable(&self, u: &Unit) -> bool {
+        let Some(s) = u.spread else { return true };
+        let left = self.left.get(u.id.as_str()).copied().unwrap_or(0);
+        let regs = self.placed.get(u.id.as_str());
+        let nr = regs.map_or(0, |m| m.len()) as u64;
+        let np = regs.map_or(0, |m| {
+            m.keys()
+                .map(|r| self.ctx.regions[r].0.id.as_str())
+                .collect::<BTreeSet<_>>()
+                .len()
+        }) as u64;
+        nr + left >= s.min_regions as u64 && np + left >= s.min_providers as u64
+    }
+
+    fn apply(&mut self, i: usize, r: &'a str, sign: f64) {
+        let units: Vec<(&'a Unit, u64)> = self.items[i].units.clone();
+        for (u, n) in units {
+            for (k, v) in self.ctx.demand(u, r) {
+                *self.load.entry((r, k.as_str())).or_default() += sign * v * n as f64;
+            }
+            let m = self.placed.entry(u.id.as_str()).or_default();
+            let left = self.left.entry(u.id.as_str()).or_default();
+            if sign > 0.0 {
+                *m.entry(r).or_default() += n;
+                *left -= if u.colocate.is_some() { *left } else { 1 };
+            } else {
+                let c = m.entry(r).or_default();
+                *c -= n;
+                if *c == 0 {
+                    m.remove(r);
+                }
+                *left += if u.colocate.is_some() { n } else { 1 };
+            }
+        }
+    }
+
+    fn dfs(&mut self, i: usize) -> Result<bool, ()> {
+        if i == self.items.len() {
+            return Ok(true);
+        }
+        self.nodes += 1;
+        if self.nodes > self.max_nodes {
+            return Err(());
+        }
+        // Identical replicas of one unit: non-decreasing candidate index.
+        let floor = if i > 0 && self.items[i].label == self.items[i - 1].label {
+            self.chosen_index(i - 1)
+        } else {
+            0
+        };
+        let cands = self.cands[i].clone();
+        for (ci, r) in cands.iter().enumerate().skip(floor) {
+            if let Err(why) = self.fits(&self.items[i], r) {
+                self.note(i, why);
+                continue;
+            }
+            self.apply(i, r, 1.0);
+            self.chosen.push(ci);
+            let ok = self.items[i]
+                .units
+                .iter()
+                .all(|(u, _)| self.spread_reachable(u));
+            if ok {
+                if self.dfs(i + 1)? {
+                    return Ok(true);
+                }
+            } else {
+                let u = self.items[i].units[0].0;
+                self.note(i, format!("spread of `{}`", u.id));
+            }
+            self.chosen.pop();
+            self.apply(i, r, -1.0);
+        }
+        if self.cands[i].is_empty() {
+            self.note(i, "no region its filters allow".into());
+        }
+        Ok(false)
+    }
+
+    fn chosen_index(&self, i: usize) -> usize {
+        self.chosen.get(i).copied().unwrap_or(0)
+    }
+
+    fn note(&mut self, i: usize, why: String) {
+        if self.blocked.as_ref().is_none_or(|(d, _)| i >= *d) {
+            self.blocked = Some((i, format!("{}: {why}", self.items[i].label)));
+        }
+    }
+}
+/// Re-places the replicas lost with the regions `lost`, or says what blocks.
+fn absorb(model: &Model, plan: &Plan, lost: &BTreeSet<&str>, max_nodes: u64) -> Result<(), String> {
+    let ctx = Ctx::new(model);
+    let mut load: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    let mut placed: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+    let mut left: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut items: Vec<Item<'_>> = Vec::new();
+    let mut groups: BTreeMap<&str, Vec<(&Unit, u64)>> = BTreeMap::new();
+    for u in &model.units {
+        let Some(regs) = plan.placements.get(&u.id) else {
+            continue;
+        };
+        let mut displaced = 0u64;
+        for r in regs {
+            let Some((_, reg)) = ctx.regions.get(r.as_str()) else {
+                continue; // reported by `check`
+            };
+            if lost.contains(r.as_str()) {
+                displaced += 1;
+                continue;
+            }
+            for (k, v) in ctx.demand(u, r) {
+                *load.entry((reg.id.as_str(), k.as_str())).or_default() += v;
+            }
+            *placed
+                .entry(u.id.as_str())
+                .or_default()
+                .entry(reg.id.as_str())
+                .or_default() += 1;
+        }
+        if displaced == 0 {
+            continue;
+        }
+        left.insert(u.id.as_str(), displaced);
+        match &u.colocate {
+            Some(g) => groups.entry(g.as_str()).or_default().push((u, displaced)),
+            None => items.extend((0..displaced).map(|_| Item {
+                units: vec![(u, 1)],
+                label: format!("a replica of `{}`", u.id),
+            })),
+        }
+    }
+    for (g, units) in groups {
+        items.push(Item {
+            units,
+            label: format!("co-location group `{g}`"),
+        });
+    }
+    if items.is_empty() {
+        return Ok(());
+    }
+    // Largest first (share of the total capacity, worst dimension); identical
+    // replicas stay adjacent for the symmetry rule.
+    let total: BTreeMap<&str, f64> = model
+        .dimensions
+        .iter()
+        .map(|d| {
+            let c: f64 = model
+                .regions()
+                .map(|(_, r)| r.capacity.get(d).copied().unwrap_or(0.0))
+                .sum();
+            (d.as_str(), c.max(1e-12))
+        })
+        .collect();
+    let size = |it: &Item<'_>| {
+        let mut need: BTreeMap<&str, f64> = BTreeMap::new();
+        for (u, n) in &it.units {
+            for (k, v) in &u.demand {
+                *need.entry(k.as_str()).or_default() += v * *n as f64;
+            }
+        }
+        need.iter()
+            .map(|(k, v)| v / total.get(k).copied().unwrap_or(1.0))
+            .fold(0.0, f64::max)
+    };
+    items.sort_by(|a, b| size(b).total_cmp(&size(a)).then(a.label.cmp(&b.label)));
+    let cands: Vec<Vec<&str>> = items
+        .iter()
+        .map(|it| {
+            let mut c: Vec<(f64, &str)> = model
+                .regions()
+                .filter(|(p, r)| {
+                    !lost.contains(r.id.as_str())
+                        && it.units.iter().all(|(u, _)| filter(u, p, r).is_empty())
+                })
+                .map(|(_, r)| {
+                    let cost: f64 = it
+                        .units
+                        .iter()
+                        .map(|(u, n)| ctx.compute_cost(u, r) * *n as f64)
+                        .sum();
+                    (cost, r.id.as_str())
+                })
+                .collect();
+            c.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+            c.into_iter().map(|x| x.1).collect()
+        })
+        .collect();
+    let mut anti: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for u in &model.units {
+        for a in &u.anti_affinity {
+            anti.entry(u.id.as_str()).or_default().insert(a.as_str());
+            anti.entry(a.as_str()).or_default().insert(u.id.as_str());
+        }
+    }
+    let mut search = Search {
+        ctx: &ctx,
+        items,
+        cands,
+        load,
+        placed,
+        left,
+        anti,
+        chosen: Vec::new(),
+        nodes: 0,
+        max_nodes,
+        blocked: None,
+    };
+    match search.dfs(0) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(search.blocked.map_or_else(
+            || "its replicas cannot be re-placed".to_string(),
+            |(_, why)| format!("{why} blocks the re-placement"),
+        )),
+        Err(()) => Err(format!(
+            "re-placement undecided within {max_nodes} search nodes"
+        )),
+    }
 }

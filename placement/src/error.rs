@@ -65,6 +65,14 @@ pub enum ModelError {
         /// The unknown key.
         dimension: String,
     },
+    /// One (source, destination) region pair is listed twice under `egress`.
+    #[error("egress price for `{from_region}` -> `{to_region}` is listed more than once")]
+    DuplicateEgress {
+        /// Source region of the pair.
+        from_region: String,
+        /// Destination region of the pair.
+        to_region: String,
+    },
     /// A number that must be non-negative is negative.
     #[error("{context}: negative value {value}")]
     Negative {
@@ -136,6 +144,14 @@ pub enum Conflict {
         /// Total capacity of the regions.
         capacity: f64,
     },
+    /// Survivable mode: after this failure the model is infeasible by itself,
+    /// so no plan can absorb it.
+    Unsurvivable {
+        /// The failure (`provider `x`` or `region `y``).
+        failure: String,
+        /// Why the model with that failure is infeasible.
+        conflicts: Vec<Conflict>,
+    },
     /// A spread requirement asks for more providers or regions than the unit may use.
     SpreadUnsatisfiable {
         /// The unit.
@@ -175,6 +191,14 @@ impl fmt::Display for Conflict {
                 abbreviate(units),
                 abbreviate(regions)
             ),
+            Conflict::Unsurvivable { failure, conflicts } => {
+                write!(f, "if {failure} fails: ")?;
+                if conflicts.is_empty() {
+                    write!(f, "no region is left")
+                } else {
+                    write!(f, "{}", join(conflicts))
+                }
+            }
             Conflict::SpreadUnsatisfiable {
                 unit,
                 over,

@@ -260,6 +260,50 @@ pub struct CostBreakdown {
     pub total: f64,
 }
 
+/// The egress price of every ordered region pair of a model, as both the
+/// solver (compiled into its price matrix) and the [`crate::checker`] read it,
+/// so the two can never price a pair differently.
+///
+/// Rule: 0 within one region; else an `egress[]` entry for the pair (the
+/// first one: validation refuses a pair listed twice); else the source
+/// provider's `egress_inter_region` when both regions belong to it, and its
+/// `egress_internet` otherwise. A region the model does not define costs 0
+/// (validated models never ask).
+#[derive(Debug, Clone)]
+pub struct EgressPrices<'a> {
+    provider_of: BTreeMap<&'a str, &'a Provider>,
+    pairs: BTreeMap<(&'a str, &'a str), f64>,
+}
+
+impl<'a> EgressPrices<'a> {
+    /// Indexes the model's providers and egress overrides.
+    pub fn new(model: &'a Model) -> Self {
+        let provider_of = model.regions().map(|(p, r)| (r.id.as_str(), p)).collect();
+        let mut pairs = BTreeMap::new();
+        for e in &model.egress {
+            pairs
+                .entry((e.from_region.as_str(), e.to_region.as_str()))
+                .or_insert(e.price_per_gb);
+        }
+        EgressPrices { provider_of, pairs }
+    }
+
+    /// Price per GB sent from region `from` to region `to` (unweighted).
+    pub fn price(&self, from: &str, to: &str) -> f64 {
+        if from == to {
+            return 0.0;
+        }
+        if let Some(p) = self.pairs.get(&(from, to)) {
+            return *p;
+        }
+        match (self.provider_of.get(from), self.provider_of.get(to)) {
+            (Some(pa), Some(pb)) if pa.id == pb.id => pa.egress_inter_region,
+            (Some(pa), Some(_)) => pa.egress_internet,
+            _ => 0.0,
+        }
+    }
+}
+
 impl Model {
     /// Parses a model from JSON.
     pub fn from_json(text: &str) -> Result<Model, PlacementError> {

@@ -219,12 +219,20 @@ fn check_model(model: &Model) -> Result<(), ModelError> {
         }
         finite_nonneg(t.gb, || format!("traffic `{}` -> `{}`", t.from, t.to))?;
     }
+    let mut pairs = BTreeSet::new();
     for e in &model.egress {
         region_ref("egress".into(), &e.from_region)?;
         region_ref("egress".into(), &e.to_region)?;
         finite_nonneg(e.price_per_gb, || {
             format!("egress `{}` -> `{}`", e.from_region, e.to_region)
         })?;
+        // Two prices for one pair leave the cost undefined: refuse them.
+        if !pairs.insert((e.from_region.as_str(), e.to_region.as_str())) {
+            return Err(ModelError::DuplicateEgress {
+                from_region: e.from_region.clone(),
+                to_region: e.to_region.clone(),
+            });
+        }
     }
     let mut seen = BTreeSet::new();
     for o in &model.overrides {
@@ -468,26 +476,12 @@ pub(crate) fn compile(model: &Model) -> Result<Instance, PlacementError> {
         }
     }
     let nr = regions.len();
-    // Egress matrix.
+    // Egress matrix, read through the function the checker uses.
+    let prices = crate::model::EgressPrices::new(model);
     let mut egress = vec![0.0; nr * nr];
     for a in 0..nr {
         for b in 0..nr {
-            if a == b {
-                continue;
-            }
-            let pa = &model.providers[regions[a].provider as usize];
-            egress[a * nr + b] = if regions[a].provider == regions[b].provider {
-                pa.egress_inter_region
-            } else {
-                pa.egress_internet
-            };
-        }
-    }
-    for e in &model.egress {
-        let a = region_idx[e.from_region.as_str()] as usize;
-        let b = region_idx[e.to_region.as_str()] as usize;
-        if a != b {
-            egress[a * nr + b] = e.price_per_gb;
+            egress[a * nr + b] = prices.price(&regions[a].id, &regions[b].id);
         }
     }
     let unit_idx: BTreeMap<&str, u32> = model

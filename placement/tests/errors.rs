@@ -301,3 +301,157 @@ fn unparsable_text_is_an_error() {
         Err(PlacementError::Io(_)) | Err(PlacementError::Parse(_))
     ));
 }
+
+/// The issue's two-unit model: `a-1 -> b-1` priced at 0.5 and again at 0.0.
+/// Before the fix it was accepted; the solver priced the pair with the last
+/// entry (cost 2.0) and the checker with the first (502.0).
+fn duplicate_egress_model() -> Model {
+    let one = |id: &str| Provider {
+        id: id.into(),
+        egress_internet: 1.0,
+        regions: vec![Region {
+            id: format!("{id}-1"),
+            capacity: res(&[("cpu", 1.0)]),
+            price: res(&[("cpu", 1.0)]),
+            ..Region::default()
+        }],
+        ..Provider::default()
+    };
+    let a = Unit {
+        id: "x".into(),
+        demand: res(&[("cpu", 1.0)]),
+        replicas: 1,
+        allowed_regions: vec!["a-1".into()],
+        ..Unit::default()
+    };
+    let mut b = a.clone();
+    b.id = "y".into();
+    b.allowed_regions = vec!["b-1".into()];
+    let price = |p: f64| EgressPrice {
+        from_region: "a-1".into(),
+        to_region: "b-1".into(),
+        price_per_gb: p,
+    };
+    Model {
+        dimensions: vec!["cpu".into()],
+        providers: vec![one("a"), one("b")],
+        units: vec![a, b],
+        traffic: vec![Traffic {
+            from: "x".into(),
+            to: "y".into(),
+            gb: 1000.0,
+        }],
+        egress: vec![price(0.5), price(0.0)],
+        ..Model::default()
+    }
+}
+
+#[test]
+fn duplicate_egress_pair_is_refused_naming_the_pair() {
+    let m = duplicate_egress_model();
+    let e = invalid(&m);
+    assert_eq!(
+        e,
+        ModelError::DuplicateEgress {
+            from_region: "a-1".into(),
+            to_region: "b-1".into()
+        }
+    );
+    assert!(e.to_string().contains("`a-1` -> `b-1`"), "{e}");
+    assert_eq!(cloud_placement::validate::validate(&m), Err(e));
+    // The reverse direction is another pair, not a duplicate.
+    let mut m = duplicate_egress_model();
+    m.egress[1] = EgressPrice {
+        from_region: "b-1".into(),
+        to_region: "a-1".into(),
+        price_per_gb: 0.0,
+    };
+    let s = solve(&m, &SolveOptions::default()).expect("valid");
+    let rep = cloud_placement::checker::check(&m, &s.plan);
+    assert!(rep.is_feasible());
+    assert_eq!(s.cost.total, 502.0);
+    assert_eq!(rep.cost, s.cost, "solver and checker price alike");
+}
+
+#[test]
+fn solver_and_checker_share_the_egress_price_rule() {
+    let m = duplicate_egress_model();
+    let prices = EgressPrices::new(&m);
+    // First entry (validation refuses the second), the reverse direction falls
+    // back to the provider's internet price, and a region to itself is free.
+    assert_eq!(prices.price("a-1", "b-1"), 0.5);
+    assert_eq!(prices.price("b-1", "a-1"), 1.0);
+    assert_eq!(prices.price("a-1", "a-1"), 0.0);
+    assert_eq!(prices.price("a-1", "nowhere"), 0.0);
+}
+
+#[test]
+fn impossible_survivability_names_the_failure_unit_and_constraint() {
+    let mut u = unit("db", 1.0, 2);
+    u.allowed_regions = vec!["aws-eu".into(), "azure-eu".into()];
+    u.spread = Some(Spread {
+        min_providers: 2,
+        min_regions: 0,
+    });
+    let m = with_unit(u);
+    let quick = SolveOptions {
+        max_scans: 20_000,
+        ..SolveOptions::default()
+    };
+    // Solvable as such...
+    assert!(solve(&m, &quick).is_ok());
+    // ...but losing aws (or azure) leaves one provider for a two-provider spread.
+    let o = SolveOptions {
+        survivable: true,
+        ..quick
+    };
+    let PlacementError::Infeasible(c) = solve(&m, &o).expect_err("not survivable") else {
+        panic!("expected Infeasible");
+    };
+    assert_eq!(c.len(), 2, "{c:?}");
+    match &c[0] {
+        Conflict::Unsurvivable { failure, conflicts } => {
+            assert_eq!(failure, "provider `aws`");
+            assert!(matches!(
+                &conflicts[..],
+                [Conflict::SpreadUnsatisfiable { unit, required: 2, available: 1, .. }] if unit == "db"
+            ));
+        }
+        other => panic!("expected Unsurvivable, got {other:?}"),
+    }
+    let text = PlacementError::Infeasible(c).to_string();
+    assert!(
+        text.contains("if provider `aws` fails: unit `db` must spread over 2 providers"),
+        "{text}"
+    );
+}
+
+#[test]
+fn survivability_check_names_what_blocks_the_re_placement() {
+    // Capacity is plenty, but anti-affinity forbids the only region left for
+    // `b`'s replica when aws fails, and `a` may run nowhere but gcp.
+    let mut m = base_model();
+    let mut a = unit("a", 1.0, 1);
+    a.allowed_regions = vec!["gcp-eu".into()];
+    let mut b = unit("b", 1.0, 1);
+    b.allowed_regions = vec!["aws-eu".into(), "gcp-eu".into()];
+    b.anti_affinity = vec!["a".into()];
+    m.units = vec![a, b];
+    let plan = Plan {
+        placements: BTreeMap::from([
+            ("a".to_string(), vec!["gcp-eu".to_string()]),
+            ("b".to_string(), vec!["aws-eu".to_string()]),
+        ]),
+    };
+    assert!(cloud_placement::checker::check(&m, &plan).is_feasible());
+    let v = cloud_placement::checker::check_survivable(&m, &plan);
+    assert_eq!(
+        v,
+        vec![
+            "if provider `aws` fails, a replica of `b`: anti-affinity with `a` in `gcp-eu` \
+             blocks the re-placement",
+            "if provider `gcp` fails, a replica of `a`: no region its filters allow blocks \
+             the re-placement",
+        ]
+    );
+}

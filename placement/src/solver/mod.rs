@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::PlacementError;
+use crate::error::{Conflict, PlacementError};
 use crate::explain::{Explanation, explain};
 use crate::model::{CostBreakdown, Model, Plan};
 use crate::validate::{Instance, compile};
@@ -36,9 +36,12 @@ pub struct SolveOptions {
     pub bound_iterations: u32,
     /// Seed of the pseudo-random generator.
     pub seed: u64,
-    /// Keep enough spare capacity that any single provider can fail (see
-    /// [`crate::checker::check_survivable`]).
+    /// Return only a plan that survives the loss of any one provider: its
+    /// replicas there can be re-placed with every hard constraint met (exact,
+    /// see [`crate::checker::check_survivable_with`]).
     pub survivable: bool,
+    /// With `survivable`: also any single region can fail.
+    pub survive_regions: bool,
     /// Compute per-unit explanations (costly on very large models).
     pub explain: bool,
 }
@@ -51,6 +54,7 @@ impl Default for SolveOptions {
             bound_iterations: 300,
             seed: 1,
             survivable: false,
+            survive_regions: false,
             explain: true,
         }
     }
@@ -80,6 +84,9 @@ pub struct SolveStats {
     pub capacity_scale: f64,
     /// Existing replicas whose region changed.
     pub moved_replicas: u64,
+    /// The relaxation's value before [`Solution::lower_bound`] caps it at the
+    /// plan's cost (tests compare it with brute-force optima).
+    pub relaxation_bound: f64,
 }
 
 /// A solved placement.
@@ -141,6 +148,7 @@ pub(crate) struct RunResult {
 
 /// Full pipeline on a compiled instance with capacities `cap`.
 pub(crate) fn run(
+    model: &Model,
     inst: &Instance,
     cap: &[f64],
     opts: &SolveOptions,
@@ -155,6 +163,28 @@ pub(crate) fn run(
     let a0 = construct::construct(inst, cap, &zeros, warm);
     let s0 = State::new(inst, cap.to_vec(), a0, move_penalty);
     let ub0 = s0.feasible().then_some(s0.cost);
+    // What follows the search (building the plan, explanations, the
+    // survivability check) is not interruptible: time it once on the first
+    // plan and end the search early by three times that (it also stands for
+    // freeing the instance) plus 1% of the budget
+    // (scheduling jitter on a loaded machine), so that the call as a whole
+    // returns within its time limit.
+    let deadline = deadline.map(|d| {
+        let t = Instant::now();
+        let assign = assign_of(inst, &s0.apos);
+        let _ = evaluate(inst, &assign);
+        let plan = plan_of(inst, &assign);
+        if opts.explain {
+            let _ = explain(model, &plan);
+        }
+        if opts.survivable {
+            let _ = crate::checker::check_survivable_with(model, &plan, &survival(opts));
+        }
+        drop(plan);
+        let budget = d.saturating_duration_since(start);
+        let reserve = (t.elapsed() * 3 + budget / 100).min(budget / 3);
+        d.checked_sub(reserve).unwrap_or(d)
+    });
     // Large instances (sweep search) profit more from a tight bound and its
     // multipliers than from search time: give the bound 40% there (70% with
     // many allowed regions per item, see below), 25% else.
@@ -250,75 +280,53 @@ pub(crate) fn plan_of(inst: &Instance, assign: &[u32]) -> Plan {
     plan
 }
 
-/// Solver-side survivability test: for each provider, can its items be
-/// re-packed (first fit decreasing, cheapest region first) into the spare
-/// capacity of the other providers' allowed regions? Returns the providers
-/// whose failure cannot be absorbed.
-pub(crate) fn unsurvivable(inst: &Instance, assign: &[u32]) -> Vec<String> {
-    let d = inst.dims;
-    let mut load = vec![0.0; inst.regions.len() * d];
-    for (i, &r) in assign.iter().enumerate() {
-        let b = &inst.blocks[inst.items[i] as usize];
-        let p = b.pos(r).unwrap_or(0);
-        for k in 0..d {
-            load[r as usize * d + k] += b.demand[p * d + k];
-        }
+/// The failures a survivable plan must absorb.
+fn survival(opts: &SolveOptions) -> crate::checker::Survival {
+    crate::checker::Survival {
+        regions: opts.survive_regions,
+        ..crate::checker::Survival::default()
     }
-    let mut bad = Vec::new();
-    for (pi, pname) in inst.providers.iter().enumerate() {
-        let mut displaced: Vec<usize> = (0..assign.len())
-            .filter(|&i| inst.regions[assign[i] as usize].provider as usize == pi)
-            .collect();
-        if displaced.is_empty() {
-            continue;
-        }
-        let size = |i: usize| {
-            let b = &inst.blocks[inst.items[i] as usize];
-            let p = b.pos(assign[i]).unwrap_or(0);
-            (0..d)
-                .map(|k| {
-                    let tot: f64 = inst.regions.iter().map(|r| r.cap[k]).sum();
-                    b.demand[p * d + k] / tot.max(1e-12)
-                })
-                .fold(0.0, f64::max)
-        };
-        displaced.sort_by(|&a, &b| size(b).total_cmp(&size(a)).then(a.cmp(&b)));
-        let mut l = load.clone();
-        let mut ok = true;
-        for &i in &displaced {
-            let b = &inst.blocks[inst.items[i] as usize];
-            let mut cands: Vec<usize> = (0..b.allowed.len())
-                .filter(|&q| {
-                    let r = &inst.regions[b.allowed[q] as usize];
-                    r.provider as usize != pi && !r.down
-                })
-                .collect();
-            cands.sort_by(|&x, &y| b.cost[x].total_cmp(&b.cost[y]).then(x.cmp(&y)));
-            let fit = cands.into_iter().find(|&q| {
-                let r = b.allowed[q] as usize;
-                (0..d).all(|k| {
-                    let c = inst.regions[r].cap[k];
-                    l[r * d + k] + b.demand[q * d + k] <= c + 1e-9 * c.abs().max(1.0)
-                })
-            });
-            match fit {
-                Some(q) => {
-                    let r = b.allowed[q] as usize;
-                    for k in 0..d {
-                        l[r * d + k] += b.demand[q * d + k];
-                    }
-                }
-                None => {
-                    ok = false;
-                    break;
-                }
+}
+
+/// Failures that no plan can absorb: the model with the failed provider (or
+/// region) down is infeasible by itself (its conflicts name the units and
+/// constraints).
+fn impossible_failures(model: &Model, opts: &SolveOptions) -> Vec<Conflict> {
+    let mut failures: Vec<(String, Model)> = model
+        .providers
+        .iter()
+        .filter(|p| !p.down)
+        .map(|p| {
+            (
+                format!("provider `{}`", p.id),
+                model.with_provider_down(&p.id),
+            )
+        })
+        .collect();
+    if opts.survive_regions {
+        failures.extend(
+            model
+                .regions()
+                .filter(|(p, r)| !p.down && !r.down)
+                .map(|(_, r)| (format!("region `{}`", r.id), model.with_region_down(&r.id))),
+        );
+    }
+    let mut out = Vec::new();
+    for (failure, m) in failures {
+        match compile(&m) {
+            Err(PlacementError::Infeasible(conflicts)) => {
+                out.push(Conflict::Unsurvivable { failure, conflicts })
             }
-        }
-        if !ok {
-            bad.push(pname.clone());
+            Err(PlacementError::Invalid(crate::error::ModelError::NoRegions)) => {
+                out.push(Conflict::Unsurvivable {
+                    failure,
+                    conflicts: Vec::new(),
+                })
+            }
+            _ => {}
         }
     }
-    bad
+    out
 }
 
 fn finish(
@@ -364,6 +372,7 @@ fn finish(
             seconds: start.elapsed().as_secs_f64(),
             capacity_scale: scale,
             moved_replicas: moved,
+            relaxation_bound: r.bound,
         },
     })
 }
@@ -383,7 +392,7 @@ fn solve_compiled(
         .flat_map(|r| r.cap.iter().map(move |&c| if r.down { 0.0 } else { c }))
         .collect();
     if !opts.survivable {
-        let r = run(inst, &cap0, opts, warm, move_penalty, deadline);
+        let r = run(model, inst, &cap0, opts, warm, move_penalty, deadline);
         let apos = r.best.apos.clone();
         let viol = move || {
             let st = State::new(inst, cap0, apos, move_penalty);
@@ -391,12 +400,19 @@ fn solve_compiled(
         };
         return finish(model, inst, r, opts, start, 1.0, viol);
     }
-    // Survivable: shrink the usable capacity until every single-provider
-    // failure can be absorbed by the spare capacity of the others.
+    // Survivable: a failure that leaves the model infeasible by itself cannot be
+    // absorbed by any plan: say which (the conflicts name units and constraints).
+    let impossible = impossible_failures(model, opts);
+    if !impossible.is_empty() {
+        return Err(PlacementError::Infeasible(impossible));
+    }
+    // Shrink the usable capacity until the exact check (the checker's: every
+    // failure re-solved with the survivors in place) passes.
     let scales = [
         1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35,
     ];
     let mut last_bound = f64::NEG_INFINITY;
+    let mut last_problems = Vec::new();
     for (t, &s) in scales.iter().enumerate() {
         let sub_deadline = deadline.map(|d| {
             let left = d.saturating_duration_since(Instant::now());
@@ -405,34 +421,35 @@ fn solve_compiled(
         let mut o = opts.clone();
         o.max_scans = opts.max_scans / 4;
         let cap: Vec<f64> = cap0.iter().map(|c| c * s).collect();
-        let r = run(inst, &cap, &o, warm, move_penalty, sub_deadline);
+        let r = run(model, inst, &cap, &o, warm, move_penalty, sub_deadline);
         if s == 1.0 {
             last_bound = r.bound;
         }
         if r.best.feasible {
             let assign = assign_of(inst, &r.best.apos);
-            // The fast solver-side simulation first; then the independent checker's, which
-            // is the contract (its first-fit order can differ, so a plan may pass one only).
-            if unsurvivable(inst, &assign).is_empty()
-                && crate::checker::check_survivable(model, &plan_of(inst, &assign)).is_empty()
-            {
+            let problems = crate::checker::check_survivable_with(
+                model,
+                &plan_of(inst, &assign),
+                &survival(opts),
+            );
+            if problems.is_empty() {
                 let r = RunResult {
                     bound: last_bound,
                     ..r
                 };
                 return finish(model, inst, r, opts, start, s, Vec::new);
             }
+            last_problems = problems;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
     }
-    Err(PlacementError::NoFeasiblePlanFound {
-        violations: vec![
-            "no plan found whose spare capacity absorbs the failure of every single provider"
-                .into(),
-        ],
-    })
+    let mut violations = vec![
+        "no plan found whose spare capacity absorbs the failure of every single provider".into(),
+    ];
+    violations.extend(last_problems);
+    Err(PlacementError::NoFeasiblePlanFound { violations })
 }
 
 /// Solves a placement model.
