@@ -229,10 +229,15 @@ async fn script(backend: &str, svg_path: &PathBuf) -> Result<(), String> {
     )
     .await?;
 
-    // The gcp cloud is lost: re-plan from the running plan, apply only the difference.
+    // The gcp cloud is lost: re-plan from the running plan, apply only the difference. Not
+    // survivable any more: with two clouds left, a unit spread over two providers cannot
+    // survive the loss of a second one (the solver says so rather than pretend).
     let down = model.with_provider_down("gcp");
     let resolve_opts = ResolveOptions {
-        solve: opts.clone(),
+        solve: SolveOptions {
+            survivable: false,
+            ..opts.clone()
+        },
         ..ResolveOptions::default()
     };
     let replan = resolve(&down, &first.plan, &resolve_opts).map_err(|e| e.to_string())?;
