@@ -22,7 +22,6 @@ use cloud_abstraction::BlobStore;
 use cloud_abstraction::storage::BlobStoreExt;
 use cloud_abstraction::testkit::{storage, unique_name};
 use futures::FutureExt;
-use paas_components::layers::CircuitBreakerConfig;
 use paas_components::multicloud::ReplicatedBlobStore;
 use paas_components::multicloud::replicate::ReplicationBuilder;
 use paas_components::multicloud::replicate::blobs::{
@@ -34,78 +33,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::jepsen::{self, Blobs, Target, Workload};
-use support::{TcpProxy, server_url};
+use support::jepsen::{self, Blobs, Target, Workload, breaker, duration, seed};
+use support::{TcpProxy, endpoint_addr, server_url, via_endpoint};
 
 const MOTO_DEFAULT_URL: &str = "s3://test-bucket?endpoint=http://127.0.0.1:9010&region=us-east-1\
     &access_key_id=motoaccesskey&secret_access_key=motosecretkey&conditional_put=etag";
 const AZURE_DEFAULT_URL: &str =
     "azure://test-container?emulator=true&endpoint=http://127.0.0.1:10000/devstoreaccount1";
-
-fn seed() -> u64 {
-    std::env::var("REPLICATION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
-}
-
-fn duration() -> Duration {
-    let secs = std::env::var("REPLICATION_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30u64);
-    Duration::from_secs(secs.clamp(2, 85))
-}
-
-fn breaker() -> CircuitBreakerConfig {
-    CircuitBreakerConfig {
-        consecutive_failures: 3,
-        open_for: Duration::from_millis(500),
-        successes_to_close: 2,
-        ..Default::default()
-    }
-}
-
-/// The endpoint URL inside a store URL.
-fn endpoint(url: &str) -> url::Url {
-    let url = url::Url::parse(url).unwrap();
-    let endpoint = url
-        .query_pairs()
-        .find(|(k, _)| k == "endpoint")
-        .map(|(_, v)| v.into_owned())
-        .expect("the test URL names an endpoint");
-    url::Url::parse(&endpoint).unwrap()
-}
-
-fn endpoint_addr(url: &str) -> String {
-    let e = endpoint(url);
-    format!(
-        "{}:{}",
-        e.host_str().unwrap(),
-        e.port_or_known_default().unwrap()
-    )
-}
-
-/// The same URL with the endpoint's host and port replaced by `addr` (its path kept).
-fn via(url: &str, addr: std::net::SocketAddr) -> String {
-    let mut parsed = url::Url::parse(url).unwrap();
-    let pairs: Vec<(String, String)> = parsed
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == "endpoint" {
-                format!(
-                    "http://{addr}{}",
-                    endpoint(url).path().trim_end_matches('/')
-                )
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    parsed.to_string()
-}
 
 /// moto keeps buckets in memory: make sure the test bucket exists (200 created, 409 there).
 async fn ensure_moto_bucket(url: &str) {
@@ -140,39 +74,18 @@ struct Cloud {
     proxy: TcpProxy,
 }
 
-async fn s3_cloud(run: &str) -> Option<Cloud> {
-    let configured =
-        std::env::var("S3_MOTO_TEST_URL").unwrap_or_else(|_| MOTO_DEFAULT_URL.to_string());
-    let url = server_url(
-        "S3_MOTO_TEST_URL",
-        MOTO_DEFAULT_URL,
-        &endpoint_addr(&configured),
-    )
-    .await?;
-    ensure_moto_bucket(&url).await;
-    let proxy = TcpProxy::start(&endpoint_addr(&url)).await;
-    Some(Cloud {
-        name: format!("s3-{run}"),
-        member: Arc::new(S3BlobStore::from_url(&via(&url, proxy.addr())).unwrap()),
-        direct: Arc::new(S3BlobStore::from_url(&url).unwrap()),
-        proxy,
-    })
-}
+type Open = fn(&str) -> Arc<dyn BlobStore>;
 
-async fn azure_cloud(run: &str) -> Option<Cloud> {
-    let configured =
-        std::env::var("AZURE_TEST_URL").unwrap_or_else(|_| AZURE_DEFAULT_URL.to_string());
-    let url = server_url(
-        "AZURE_TEST_URL",
-        AZURE_DEFAULT_URL,
-        &endpoint_addr(&configured),
-    )
-    .await?;
+/// The server named by `var` (else `default`), as a member through a fresh proxy and
+/// directly.
+async fn cloud(name: String, var: &str, default: &str, open: Open) -> Option<Cloud> {
+    let configured = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    let url = server_url(var, default, &endpoint_addr(&configured)).await?;
     let proxy = TcpProxy::start(&endpoint_addr(&url)).await;
     Some(Cloud {
-        name: format!("azure-{run}"),
-        member: Arc::new(AzureBlobStore::from_url(&via(&url, proxy.addr())).unwrap()),
-        direct: Arc::new(AzureBlobStore::from_url(&url).unwrap()),
+        name,
+        member: open(&via_endpoint(&url, proxy.addr())),
+        direct: open(&url),
         proxy,
     })
 }
@@ -181,7 +94,27 @@ async fn azure_cloud(run: &str) -> Option<Cloud> {
 /// runs sharing a bucket never see each other's).
 async fn clouds() -> Option<(Cloud, Cloud)> {
     let run = unique_name("");
-    Some((s3_cloud(&run).await?, azure_cloud(&run).await?))
+    let s3: Open = |url| Arc::new(S3BlobStore::from_url(url).unwrap());
+    let azure: Open = |url| Arc::new(AzureBlobStore::from_url(url).unwrap());
+    let a = cloud(
+        format!("s3-{run}"),
+        "S3_MOTO_TEST_URL",
+        MOTO_DEFAULT_URL,
+        s3,
+    )
+    .await?;
+    ensure_moto_bucket(
+        &std::env::var("S3_MOTO_TEST_URL").unwrap_or_else(|_| MOTO_DEFAULT_URL.into()),
+    )
+    .await;
+    let b = cloud(
+        format!("azure-{run}"),
+        "AZURE_TEST_URL",
+        AZURE_DEFAULT_URL,
+        azure,
+    )
+    .await?;
+    Some((a, b))
 }
 
 async fn replicated(a: &Cloud, b: &Cloud, origin: &str) -> ReplicatedBlobStore {

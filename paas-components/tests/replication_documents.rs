@@ -25,7 +25,7 @@ use futures::FutureExt;
 use paas_components::database::{
     MysqlDocumentStore, PostgresDocumentStore, RedisDocumentStore, SqliteDocumentStore,
 };
-use paas_components::layers::{self, CircuitBreakerConfig, FaultInjector};
+use paas_components::layers::{self, FaultInjector};
 use paas_components::multicloud::ReplicatedDocumentStore;
 use paas_components::multicloud::replicate::ReplicationBuilder;
 use serde_json::Value;
@@ -33,37 +33,13 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::jepsen::{self, Target, Workload};
+use support::jepsen::{self, Target, Workload, breaker, duration, seed};
 use support::{TcpProxy, target_of, via};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 const COLLECTION: &str = "vehicles";
-
-fn seed() -> u64 {
-    std::env::var("REPLICATION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
-}
-
-fn duration() -> Duration {
-    let secs = std::env::var("REPLICATION_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30u64);
-    Duration::from_secs(secs.clamp(2, 85))
-}
-
-fn breaker() -> CircuitBreakerConfig {
-    CircuitBreakerConfig {
-        consecutive_failures: 3,
-        open_for: Duration::from_millis(500),
-        successes_to_close: 2,
-        ..Default::default()
-    }
-}
 
 /// A way to take one member away and bring it back.
 enum Cut {

@@ -15,6 +15,34 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The run's seed: `REPLICATION_SEED` if set (to replay a run), else random; printed by
+/// every scenario.
+pub fn seed() -> u64 {
+    std::env::var("REPLICATION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// The workload's length: `REPLICATION_SECONDS` (2 to 85), default 30 s.
+pub fn duration() -> Duration {
+    let secs = std::env::var("REPLICATION_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30u64);
+    Duration::from_secs(secs.clamp(2, 85))
+}
+
+/// The members' breakers in the scenarios: open after 3 failures, probe after 500 ms.
+pub fn breaker() -> paas_components::layers::CircuitBreakerConfig {
+    paas_components::layers::CircuitBreakerConfig {
+        consecutive_failures: 3,
+        open_for: Duration::from_millis(500),
+        successes_to_close: 2,
+        ..Default::default()
+    }
+}
+
 /// What an operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {

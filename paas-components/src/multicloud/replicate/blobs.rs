@@ -42,8 +42,7 @@ pub const META_DIGEST: &str = "_repl_d";
 pub const META_DELETED: &str = "_repl_del";
 /// The longest origin id a blob store accepts (it travels in metadata, twice).
 const MAX_ORIGIN_LEN: usize = 64;
-/// Re-reads after a member changed under a write, before giving up with `Unavailable`.
-const MAX_ATTEMPTS: usize = 8;
+use super::MAX_ATTEMPTS;
 /// Hints per listing page during replay; objects headed at once during a listing.
 const PAGE: usize = 200;
 const HEADS_AT_ONCE: usize = 16;
@@ -257,87 +256,57 @@ impl Replica {
     }
 }
 
-/// Writes `replica` to `member` only if it is newer than what the member holds, with the
-/// member's own conditional put (create, or if-match on the member's ETag) where it has
-/// one, re-reading when the member changed under it. `known` is what the caller already
-/// read. With `strict` (a conditional write on its deciding member), a change under the
-/// write is returned as `PreconditionFailed` for the caller to decide again.
+impl super::Held for MemberState {
+    fn lineage(&self) -> Lineage<'_> {
+        self.meta.lineage()
+    }
+}
+
+/// Writes `replica` to `member` only if it is newer (see [`super::apply_if_newer`]), with
+/// the member's own conditional put (create when it has nothing, if-match on its ETag) where
+/// it has one.
 async fn apply_if_newer(
     member: &BlobMember,
     key: &str,
     replica: &Replica,
-    mut known: Option<Option<MemberState>>,
+    known: Option<Option<MemberState>>,
     conflicts: &ConflictSink,
     strict: bool,
 ) -> Result<Applied> {
-    for _ in 0..MAX_ATTEMPTS {
-        let current = match known.take() {
-            Some(state) => state,
-            None => member.read(key).await?,
-        };
-        if let Some(state) = &current {
-            if state.meta.order() >= replica.meta.order() {
-                conflicts.check(
-                    "",
-                    &member.name,
-                    key,
-                    state.meta.lineage(),
-                    replica.meta.lineage(),
-                );
-                return Ok(Applied::AlreadyNewer);
+    let incoming = super::Incoming {
+        member: &member.name,
+        collection: "",
+        id: key,
+        lineage: replica.meta.lineage(),
+        what: "object",
+    };
+    let conditional = member.conditional_put();
+    super::apply_if_newer(
+        incoming,
+        conflicts,
+        strict,
+        known,
+        || member.read(key),
+        |state: &MemberState| state.meta.order() >= replica.meta.order(),
+        |current: Option<&MemberState>| {
+            // Without a conditional put the member is written blindly: a concurrent write
+            // there between the read and this put can be replaced by an older version (see
+            // the module docs).
+            let mode = match (current, conditional) {
+                (_, false) => PutMode::Overwrite,
+                (None, true) => PutMode::Create,
+                (Some(state), true) => PutMode::UpdateIfMatch(state.etag.clone()),
+            };
+            let options = replica.options(mode);
+            let data = replica.data.clone();
+            async move {
+                member
+                    .call(|s| async move { s.put(key, data, options).await.map(|_| ()) })
+                    .await
             }
-        }
-        // Without a conditional put the member is written blindly: a concurrent write there
-        // between the read above and this put can be replaced by an older version (see the
-        // module docs).
-        let mode = match (&current, member.conditional_put()) {
-            (_, false) => PutMode::Overwrite,
-            (None, true) => PutMode::Create,
-            (Some(state), true) => PutMode::UpdateIfMatch(state.etag.clone()),
-        };
-        let options = replica.options(mode);
-        let data = replica.data.clone();
-        match member
-            .call(|s| async move { s.put(key, data, options).await })
-            .await
-        {
-            Ok(_) => {
-                if let Some(state) = &current {
-                    conflicts.check(
-                        "",
-                        &member.name,
-                        key,
-                        state.meta.lineage(),
-                        replica.meta.lineage(),
-                    );
-                }
-                return Ok(Applied::Written);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists
-                ) =>
-            {
-                if strict {
-                    return Err(Error::new(
-                        ErrorKind::PreconditionFailed,
-                        member.name.clone(),
-                        "the object changed on the deciding member under a conditional write",
-                    ));
-                }
-                continue;
-            }
-            Err(e) => return Err(e.or_backend(&member.name)),
-        }
-    }
-    Err(Error::unavailable(
-        BACKEND,
-        format!(
-            "member `{}` kept changing object `{key}` under the write",
-            member.name
-        ),
-    ))
+        },
+    )
+    .await
 }
 
 /// A hint: `target` lacks version `rv` of `key` (or something newer).
@@ -683,8 +652,10 @@ impl ReplicatedBlobStore {
             let any_live = reads
                 .iter()
                 .any(|r| matches!(r, Ok(Some(s)) if !s.meta.deleted));
-            if object.is_none() && !any_live {
-                // Nothing to delete anywhere: no tombstone needed.
+            if object.is_none() && !any_live && reads.iter().all(Result::is_ok) {
+                // Nothing to delete anywhere: no tombstone needed. (A member that did not
+                // answer may hold a write that failed for its caller but landed there: it
+                // gets the tombstone through a hint.)
                 return Ok(None);
             }
             let newest = reads

@@ -25,8 +25,7 @@ use std::time::{Duration, SystemTime};
 pub(crate) const BACKEND: &str = "replicated";
 /// Room kept for the envelope inside a member's document size limit.
 const ENVELOPE_OVERHEAD: u64 = 512;
-/// Re-reads after a member changed under a write, before giving up with `Unavailable`.
-const MAX_ATTEMPTS: usize = 8;
+use super::MAX_ATTEMPTS;
 
 /// How a replicated item is stored in each member: the user's document inside an envelope
 /// that carries the replication version, the portable revision and the tombstone flag.
@@ -194,112 +193,78 @@ impl fmt::Debug for ReplicatedDocumentStore {
 /// Per-member view of a key, as read at the start of a write.
 type Reads = Vec<Result<Option<MemberState>>>;
 
-/// Writes `envelope` to `member` only if it is newer than what the member holds, with a
-/// conditional write on the member's own revision, re-reading when the member changed under
-/// it. `known` is what the caller already read from this member (saves a round trip).
-///
-/// Where the member's version and the incoming one did not see each other, the loser is
-/// reported to `conflicts` ([`ConflictSink::check`]). With `strict` (a conditional write on
-/// its deciding member), a change of the member under the write is not re-compared but
-/// returned as `PreconditionFailed`, so that the caller decides the condition again.
+impl super::Held for MemberState {
+    fn lineage(&self) -> Lineage<'_> {
+        self.envelope.lineage()
+    }
+}
+
+/// Writes `envelope` to `member` only if it is newer (see [`super::apply_if_newer`]), with a
+/// write conditional on the member's revision; `extra_ops` go into the same atomic batch
+/// where the member has transactions.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_if_newer(
     member: &DocMember,
     collection: &str,
     envelope: &Envelope,
     ttl: Option<Duration>,
-    mut known: Option<Option<MemberState>>,
+    known: Option<Option<MemberState>>,
     extra_ops: &[WriteOp],
     conflicts: &ConflictSink,
     strict: bool,
 ) -> Result<Applied> {
-    for _ in 0..MAX_ATTEMPTS {
-        let current = match known.take() {
-            Some(state) => state,
-            None => member.read(collection, &envelope.k).await?,
-        };
-        if let Some(state) = &current {
-            if state.envelope.rv >= envelope.rv {
-                conflicts.check(
-                    collection,
-                    &member.name,
-                    &envelope.k,
-                    state.envelope.lineage(),
-                    envelope.lineage(),
-                );
-                return Ok(Applied::AlreadyNewer);
-            }
-        }
-        let condition = match &current {
-            None => WriteCondition::Absent,
-            Some(state) => WriteCondition::Revision(state.revision),
-        };
-        let put = WriteOp::Put {
-            collection: collection.to_string(),
-            id: envelope.k.clone(),
-            value: envelope.to_value(),
-            options: PutDocumentOptions { condition, ttl },
-        };
-        let result = if extra_ops.is_empty() || !member.transactions() {
-            member
-                .call(|s| async move {
-                    match put {
-                        WriteOp::Put {
-                            collection,
-                            id,
-                            value,
-                            options,
-                        } => s.put(&collection, &id, value, options).await.map(|_| ()),
-                        WriteOp::Delete { .. } => Ok(()),
+    let incoming = super::Incoming {
+        member: &member.name,
+        collection,
+        id: &envelope.k,
+        lineage: envelope.lineage(),
+        what: "document",
+    };
+    super::apply_if_newer(
+        incoming,
+        conflicts,
+        strict,
+        known,
+        || member.read(collection, &envelope.k),
+        |state: &MemberState| state.envelope.rv >= envelope.rv,
+        |current: Option<&MemberState>| {
+            let condition = match current {
+                None => WriteCondition::Absent,
+                Some(state) => WriteCondition::Revision(state.revision),
+            };
+            let options = PutDocumentOptions { condition, ttl };
+            let value = envelope.to_value();
+            let batch = (!extra_ops.is_empty() && member.transactions()).then(|| {
+                let mut ops = extra_ops.to_vec();
+                ops.push(WriteOp::Put {
+                    collection: collection.to_string(),
+                    id: envelope.k.clone(),
+                    value: value.clone(),
+                    options: options.clone(),
+                });
+                ops
+            });
+            async move {
+                match batch {
+                    Some(ops) => {
+                        member
+                            .call(|s| async move { s.write_batch(ops).await.map(|_| ()) })
+                            .await
                     }
-                })
-                .await
-        } else {
-            let mut ops = extra_ops.to_vec();
-            ops.push(put);
-            member
-                .call(|s| async move { s.write_batch(ops).await.map(|_| ()) })
-                .await
-        };
-        match result {
-            Ok(()) => {
-                if let Some(state) = &current {
-                    conflicts.check(
-                        collection,
-                        &member.name,
-                        &envelope.k,
-                        state.envelope.lineage(),
-                        envelope.lineage(),
-                    );
+                    None => {
+                        member
+                            .call(|s| async move {
+                                s.put(collection, &envelope.k, value, options)
+                                    .await
+                                    .map(|_| ())
+                            })
+                            .await
+                    }
                 }
-                return Ok(Applied::Written);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists
-                ) =>
-            {
-                if strict {
-                    return Err(Error::new(
-                        ErrorKind::PreconditionFailed,
-                        member.name.clone(),
-                        "the document changed on the deciding member under a conditional write",
-                    ));
-                }
-                // Someone wrote the key on this member meanwhile: read again, compare again.
-                continue;
-            }
-            Err(e) => return Err(e.or_backend(&member.name)),
-        }
-    }
-    Err(Error::unavailable(
-        BACKEND,
-        format!(
-            "member `{}` kept changing document `{}` under the write",
-            member.name, envelope.k
-        ),
-    ))
+        },
+    )
+    .await
 }
 
 /// Checks `condition` against the deciding member's envelope (a tombstone is absent).

@@ -265,6 +265,112 @@ pub(crate) enum Applied {
     AlreadyNewer,
 }
 
+/// Re-reads after a member changed under a write, before giving up with `Unavailable`.
+const MAX_ATTEMPTS: usize = 8;
+
+/// A member's state of one item, as the shared apply loop sees it.
+pub(crate) trait Held {
+    /// Its version and parent.
+    fn lineage(&self) -> Lineage<'_>;
+}
+
+/// The item [`apply_if_newer`] writes: where, and the incoming version.
+pub(crate) struct Incoming<'a> {
+    pub(crate) member: &'a str,
+    pub(crate) collection: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) lineage: Lineage<'a>,
+    /// `document` or `object`, for messages.
+    pub(crate) what: &'static str,
+}
+
+/// Writes an incoming version to one member only if it is newer than what the member holds,
+/// with a write conditional on the member's own revision / ETag (`write` gets what was read),
+/// re-reading when the member changed under it. `known` is what the caller already read
+/// (saves a round trip); `covers` says whether a held state is at least as new as the
+/// incoming one.
+///
+/// Where the held and the incoming version did not see each other, the loser is reported to
+/// `conflicts` ([`ConflictSink::check`]). With `strict` (a conditional write on its deciding
+/// member), a change of the member under the write is not re-compared but returned as
+/// `PreconditionFailed` (named after the member), so that the caller decides the condition
+/// again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn apply_if_newer<St, R, RF, W, WF>(
+    incoming: Incoming<'_>,
+    conflicts: &ConflictSink,
+    strict: bool,
+    mut known: Option<Option<St>>,
+    read: R,
+    covers: impl Fn(&St) -> bool,
+    write: W,
+) -> Result<Applied>
+where
+    St: Held,
+    R: Fn() -> RF,
+    RF: Future<Output = Result<Option<St>>>,
+    W: Fn(Option<&St>) -> WF,
+    WF: Future<Output = Result<()>>,
+{
+    let check = |held: &St| {
+        conflicts.check(
+            incoming.collection,
+            incoming.member,
+            incoming.id,
+            held.lineage(),
+            incoming.lineage,
+        )
+    };
+    for _ in 0..MAX_ATTEMPTS {
+        let current = match known.take() {
+            Some(state) => state,
+            None => read().await?,
+        };
+        if let Some(state) = &current {
+            if covers(state) {
+                check(state);
+                return Ok(Applied::AlreadyNewer);
+            }
+        }
+        match write(current.as_ref()).await {
+            Ok(()) => {
+                if let Some(state) = &current {
+                    check(state);
+                }
+                return Ok(Applied::Written);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    cloud_abstraction::ErrorKind::PreconditionFailed
+                        | cloud_abstraction::ErrorKind::AlreadyExists
+                ) =>
+            {
+                if strict {
+                    return Err(Error::new(
+                        cloud_abstraction::ErrorKind::PreconditionFailed,
+                        incoming.member.to_string(),
+                        format!(
+                            "the {} changed on the deciding member under a conditional write",
+                            incoming.what
+                        ),
+                    ));
+                }
+                // Someone wrote the key on this member meanwhile: read again, compare again.
+                continue;
+            }
+            Err(e) => return Err(e.or_backend(incoming.member)),
+        }
+    }
+    Err(Error::unavailable(
+        incoming.member.to_string(),
+        format!(
+            "kept changing {} `{}` under the write",
+            incoming.what, incoming.id
+        ),
+    ))
+}
+
 /// A conflict: two versions of one item that did not see each other; `winner` is kept
 /// everywhere, `loser` is gone.
 #[derive(Debug, Clone, PartialEq, Eq)]
