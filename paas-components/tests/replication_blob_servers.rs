@@ -197,20 +197,83 @@ async fn cleanup(cloud: &Cloud, prefix: &str) {
     }
 }
 
+/// Heals both clouds and deletes what the run left: its keys and its members' hints.
+async fn finish(a: &Cloud, b: &Cloud, prefix: &str) {
+    cut(a, false).await;
+    cut(b, false).await;
+    for cloud in [a, b] {
+        cleanup(cloud, prefix).await;
+        for name in [&a.name, &b.name] {
+            cleanup(cloud, &format!("{RESERVED_PREFIX}hints/{name}/")).await;
+        }
+    }
+}
+
+/// The kit and the model test delete what they wrote, which leaves tombstones: removes
+/// every object under `prefix` written by `origin` (this run's handle).
+async fn remove_written_by(a: &Cloud, b: &Cloud, prefix: &str, origin: &str) {
+    for cloud in [a, b] {
+        for object in cloud.direct.list_all(prefix).await.unwrap_or_default() {
+            let head = cloud.direct.head(&object.key).await;
+            let meta = head
+                .ok()
+                .and_then(|m| ReplicationMeta::from_metadata(&m.metadata));
+            if meta.is_some_and(|m| m.rv.origin == origin) {
+                let _ = cloud.direct.delete(&object.key).await;
+            }
+        }
+    }
+    finish(a, b, "unused/").await;
+}
+
+#[test]
+fn model_test_over_s3_and_azurite() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some((a, b)) = runtime.block_on(clouds()) else {
+        return;
+    };
+    let origin = unique_name("model");
+    let store = runtime.block_on(async {
+        ReplicationBuilder::blobs()
+            .member(&a.name, Arc::clone(&a.member))
+            .member(&b.name, Arc::clone(&b.member))
+            .breaker(breaker())
+            .origin(&origin)
+            .without_background_replay()
+            .build()
+            .await
+            .unwrap()
+    });
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        storage::run_model_test(|| Arc::new(store.clone()) as Arc<dyn BlobStore>)
+    }));
+    runtime.block_on(remove_written_by(&a, &b, "model-", &origin));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kit_over_s3_and_azurite() {
     let Some((a, b)) = clouds().await else { return };
-    let store = replicated(&a, &b, "kit").await;
-    let report = storage::run_suite(Arc::new(store.clone())).await;
-    assert_eq!(report.passed.len(), storage::cases().len());
-    // What the kit leaves is replicated too: one object, the same on both.
-    let key = format!("{}/x", unique_name("kitcheck-"));
-    store.put_bytes(&key, "x".into()).await.unwrap();
-    let dump_a = jepsen::dump_blobs(&a.direct, &key).await;
-    assert_eq!(dump_a.len(), 1);
-    assert_eq!(dump_a, jepsen::dump_blobs(&b.direct, &key).await);
-    cleanup(&a, &key).await;
-    cleanup(&b, &key).await;
+    let origin = unique_name("kit");
+    let store = replicated(&a, &b, &origin).await;
+    let outcome = AssertUnwindSafe(async {
+        let report = storage::run_suite(Arc::new(store.clone())).await;
+        assert_eq!(report.passed.len(), storage::cases().len());
+        // What the kit writes is replicated: the same object on both.
+        let key = format!("{}/x", unique_name("kit-check-"));
+        store.put_bytes(&key, "x".into()).await.unwrap();
+        let dump_a = jepsen::dump_blobs(&a.direct, &key).await;
+        assert_eq!(dump_a.len(), 1);
+        assert_eq!(dump_a, jepsen::dump_blobs(&b.direct, &key).await);
+    })
+    .catch_unwind()
+    .await;
+    remove_written_by(&a, &b, "kit-", &origin).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// Runs the nemesis scenario and checks everything; prints the figures.
@@ -272,38 +335,19 @@ async fn scenario(a: &Cloud, b: &Cloud, prefix: &str) {
     let verdict = jepsen::check(&ops, &live_state(&dump_a, prefix));
     let provable = jepsen::provable_conflicts(&ops, &finals(&dump_a, prefix), etag_timestamp);
     let reported = conflicted.lock().unwrap().clone();
-    let (hints_written, hints_replayed) = store.hint_counts();
-    println!(
-        "[s3+azurite] operations {}, acknowledged {}, hints written {hints_written}, replayed \
-         {hints_replayed}, drained in {drain:?}, repaired {} (of {} compared), conflicts {} \
-         (provable {}), lost {}",
-        verdict.operations,
-        verdict.acknowledged,
-        repaired.copied,
-        repaired.compared,
-        store.conflict_count(),
-        provable.len(),
-        verdict.lost.len()
-    );
-    assert!(
-        verdict.acknowledged > 100,
-        "the workload made progress: {verdict:?}"
-    );
-    assert!(
-        hints_written > 0,
-        "the nemesis cut a member while writes were acknowledged"
-    );
-    assert_eq!(
-        verdict.lost,
-        Vec::<String>::new(),
-        "acknowledged writes lost (seed {seed})"
-    );
-    assert_eq!(dump_a.len(), dump_b.len(), "same number of objects on both");
-    assert!(
-        dump_a == dump_b,
-        "members differ after heal, replay and repair (seed {seed})"
-    );
-    assert_eq!(repaired.failed, 0);
+    jepsen::Outcome {
+        label: "s3+azurite",
+        seed,
+        verdict: &verdict,
+        hints: store.hint_counts(),
+        drain,
+        repaired: &repaired,
+        conflicts: store.conflict_count(),
+        extra: format!(" (provable {})", provable.len()),
+        dump_a: &dump_a,
+        dump_b: &dump_b,
+    }
+    .assert();
     let unreported: Vec<String> = provable
         .iter()
         .map(|k| format!("{prefix}{}", jepsen::key_id(*k)))
@@ -332,13 +376,7 @@ async fn s3_and_azurite_under_a_nemesis_lose_nothing() {
     let outcome = AssertUnwindSafe(scenario(&a, &b, &prefix))
         .catch_unwind()
         .await;
-    cut(&a, false).await;
-    cut(&b, false).await;
-    for cloud in [&a, &b] {
-        cleanup(cloud, &prefix).await;
-        cleanup(cloud, &format!("{RESERVED_PREFIX}hints/{}/", a.name)).await;
-        cleanup(cloud, &format!("{RESERVED_PREFIX}hints/{}/", b.name)).await;
-    }
+    finish(&a, &b, &prefix).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
@@ -397,12 +435,7 @@ async fn losing_s3_for_good_loses_no_acknowledged_write() {
         );
     };
     let outcome = AssertUnwindSafe(run).catch_unwind().await;
-    cut(&a, false).await;
-    for cloud in [&a, &b] {
-        cleanup(cloud, &prefix).await;
-        cleanup(cloud, &format!("{RESERVED_PREFIX}hints/{}/", a.name)).await;
-        cleanup(cloud, &format!("{RESERVED_PREFIX}hints/{}/", b.name)).await;
-    }
+    finish(&a, &b, &prefix).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

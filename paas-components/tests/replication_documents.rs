@@ -143,40 +143,19 @@ async fn scenario(label: &str, a: Cloud, b: Cloud) {
     let dump_a = jepsen::dump(&a.direct, COLLECTION).await;
     let dump_b = jepsen::dump(&b.direct, COLLECTION).await;
     let verdict = jepsen::check(&ops, &jepsen::live_state(&dump_a));
-    let (hints_written, hints_replayed) = store.hint_counts();
-    println!(
-        "[{label}] operations {}, acknowledged {}, hints written {hints_written}, replayed {hints_replayed}, \
-         drained in {drain:?}, repaired {} (of {} compared), conflicts {}, lost {}",
-        verdict.operations,
-        verdict.acknowledged,
-        repaired.copied,
-        repaired.compared,
-        store.conflict_count(),
-        verdict.lost.len()
-    );
-    assert!(
-        verdict.acknowledged > 100,
-        "the workload made progress: {verdict:?}"
-    );
-    assert!(
-        hints_written > 0,
-        "the nemesis cut a member while writes were acknowledged"
-    );
-    assert_eq!(
-        verdict.lost,
-        Vec::<String>::new(),
-        "acknowledged writes lost (seed {seed})"
-    );
-    assert_eq!(
-        dump_a.len(),
-        dump_b.len(),
-        "same number of items on both members"
-    );
-    assert!(
-        dump_a == dump_b,
-        "members differ after heal, replay and repair (seed {seed})"
-    );
-    assert_eq!(repaired.failed, 0);
+    jepsen::Outcome {
+        label,
+        seed,
+        verdict: &verdict,
+        hints: store.hint_counts(),
+        drain,
+        repaired: &repaired,
+        conflicts: store.conflict_count(),
+        extra: String::new(),
+        dump_a: &dump_a,
+        dump_b: &dump_b,
+    }
+    .assert();
     // Nothing left to replay on either side.
     for cloud in [&a, &b] {
         let hints = jepsen::dump(&cloud.direct, "replication_hints").await;

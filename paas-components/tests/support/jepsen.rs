@@ -486,3 +486,62 @@ pub fn provable_conflicts(
     }
     keys
 }
+
+/// What a scenario ends with, after heal, replay and repair: printed as the run's figures
+/// and checked by [`Outcome::assert`].
+pub struct Outcome<'a, D> {
+    pub label: &'a str,
+    pub seed: u64,
+    pub verdict: &'a Verdict,
+    /// Hints written and replayed.
+    pub hints: (u64, u64),
+    pub drain: Duration,
+    pub repaired: &'a paas_components::multicloud::replicate::RepairReport,
+    pub conflicts: u64,
+    /// Extra figures for the printed line.
+    pub extra: String,
+    pub dump_a: &'a [D],
+    pub dump_b: &'a [D],
+}
+
+impl<D: PartialEq> Outcome<'_, D> {
+    /// Prints the figures; asserts progress, hints written, nothing lost, identical members
+    /// and a repair that reached every member.
+    pub fn assert(&self) {
+        let (label, seed, v) = (self.label, self.seed, self.verdict);
+        println!(
+            "[{label}] operations {}, acknowledged {}, hints written {}, replayed {}, \
+             drained in {:?}, repaired {} (of {} compared), conflicts {}{}, lost {}",
+            v.operations,
+            v.acknowledged,
+            self.hints.0,
+            self.hints.1,
+            self.drain,
+            self.repaired.copied,
+            self.repaired.compared,
+            self.conflicts,
+            self.extra,
+            v.lost.len()
+        );
+        assert!(v.acknowledged > 100, "the workload made progress: {v:?}");
+        assert!(
+            self.hints.0 > 0,
+            "the nemesis cut a member while writes were acknowledged"
+        );
+        assert_eq!(
+            v.lost,
+            Vec::<String>::new(),
+            "acknowledged writes lost (seed {seed})"
+        );
+        assert_eq!(
+            self.dump_a.len(),
+            self.dump_b.len(),
+            "same number of items on both members (seed {seed})"
+        );
+        assert!(
+            self.dump_a == self.dump_b,
+            "members differ after heal, replay and repair (seed {seed})"
+        );
+        assert_eq!(self.repaired.failed, 0, "repair reached every member");
+    }
+}

@@ -1000,20 +1000,9 @@ impl BlobStore for ReplicatedBlobStore {
         if !options.prefix.is_empty() {
             validate::key_prefix(BACKEND, &options.prefix)?;
         }
-        let (pinned, token) = match &options.page_token {
-            None => (None, None),
-            Some(t) => {
-                let (index, rest) = t
-                    .strip_prefix(CURSOR_PREFIX)
-                    .and_then(|r| r.split_once(':'))
-                    .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)))
-                    .filter(|(i, _)| *i < self.inner.members.len())
-                    .ok_or_else(|| {
-                        Error::invalid(BACKEND, "the page token was not issued by this store")
-                    })?;
-                (Some(index), Some(rest.to_string()))
-            }
-        };
+        let (pinned, token) =
+            self.inner
+                .unpin_cursor(BACKEND, CURSOR_PREFIX, options.page_token.as_deref())?;
         let member_options = ListOptions {
             page_token: token,
             ..options

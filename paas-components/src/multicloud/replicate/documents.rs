@@ -549,8 +549,13 @@ impl ReplicatedDocumentStore {
             let base = self.base(decider, &reads);
             check_condition(base.as_ref(), condition)?;
             let existed = base.as_ref().is_some_and(Envelope::live);
-            if delete && !existed {
-                // Nothing to delete where the write is decided: no tombstone needed.
+            let any_live = reads
+                .iter()
+                .any(|r| matches!(r, Ok(Some(s)) if s.envelope.live()));
+            if delete && !any_live && reads.iter().all(Result::is_ok) {
+                // Nothing to delete anywhere: no tombstone needed. (A member that did not
+                // answer may hold a write that failed for its caller but landed there: it
+                // gets the tombstone through a hint.)
                 return Ok((Revision(0), false));
             }
             let change = Change {
@@ -855,20 +860,9 @@ impl DocumentStore for ReplicatedDocumentStore {
         if !caps.query {
             return Err(Error::unsupported(BACKEND, "query"));
         }
-        let (pinned, member_cursor) = match &query.cursor {
-            None => (None, None),
-            Some(c) => {
-                let (index, rest) = c
-                    .strip_prefix(CURSOR_PREFIX)
-                    .and_then(|r| r.split_once(':'))
-                    .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)))
-                    .filter(|(i, _)| *i < self.inner.members.len())
-                    .ok_or_else(|| {
-                        Error::invalid(BACKEND, "the query cursor was not issued by this store")
-                    })?;
-                (Some(index), Some(rest.to_string()))
-            }
-        };
+        let (pinned, member_cursor) =
+            self.inner
+                .unpin_cursor(BACKEND, CURSOR_PREFIX, query.cursor.as_deref())?;
         let mut filters: Vec<Filter> = Vec::with_capacity(query.filters.len() + 1);
         for f in &query.filters {
             cloud_abstraction::database::validate_field_path(BACKEND, &f.field)?;

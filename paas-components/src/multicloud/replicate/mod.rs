@@ -109,7 +109,9 @@
 //! Each object is stored in each member under the same key, with its bytes, its content type
 //! and the caller's metadata as they are, plus **reserved metadata** (names starting with
 //! [`RESERVED_METADATA_PREFIX`](cloud_abstraction::validate::RESERVED_METADATA_PREFIX),
-//! which has a budget of its own beside the caller's 2048 bytes):
+//! which has a budget of its own beside the caller's 2048 bytes; AWS S3 itself counts every
+//! name against its 2 KiB, so on AWS the caller has the reserved entries' 100 to 250 bytes
+//! less, and S3 refuses a put over that):
 //! [`_repl_v`](blobs::META_VERSION) the replication version `TIMESTAMP.ORIGIN`,
 //! [`_repl_p`](blobs::META_PARENT) the version it replaced, [`_repl_d`](blobs::META_DIGEST)
 //! a content digest (16 bytes of SHA-256, hex), and [`_repl_del`](blobs::META_DELETED) on a
@@ -641,6 +643,26 @@ impl<S: ?Sized> Replicas<S> {
             backend,
             format!("no member answered ({})", errors.join("; ")),
         ))
+    }
+
+    /// Splits a cursor (query cursor, page token) that this store issued into the member that
+    /// issued the inner one and that inner cursor: later pages stay on that member.
+    pub(crate) fn unpin_cursor(
+        &self,
+        backend: &'static str,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<(Option<usize>, Option<String>)> {
+        let Some(c) = cursor else {
+            return Ok((None, None));
+        };
+        let (index, rest) = c
+            .strip_prefix(prefix)
+            .and_then(|r| r.split_once(':'))
+            .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)))
+            .filter(|(i, _)| *i < self.members.len())
+            .ok_or_else(|| Error::invalid(backend, "the cursor was not issued by this store"))?;
+        Ok((Some(index), Some(rest.to_string())))
     }
 
     /// Counts `count` hints written for member `target`.
