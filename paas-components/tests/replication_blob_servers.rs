@@ -90,6 +90,14 @@ async fn cloud(name: String, var: &str, default: &str, open: Open) -> Option<Clo
     })
 }
 
+/// The scenarios of this file run one at a time: each loads both servers, and each must stay
+/// within its time bound however the test harness schedules them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Both clouds, with member names unique to this run (hints are kept per member name, so
 /// runs sharing a bucket never see each other's).
 async fn clouds() -> Option<(Cloud, Cloud)> {
@@ -228,6 +236,7 @@ async fn remove_written_by(a: &Cloud, b: &Cloud, prefix: &str, origin: &str) {
 
 #[test]
 fn model_test_over_s3_and_azurite() {
+    let _serial = one_at_a_time();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some((a, b)) = runtime.block_on(clouds()) else {
         return;
@@ -255,6 +264,7 @@ fn model_test_over_s3_and_azurite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kit_over_s3_and_azurite() {
+    let _serial = one_at_a_time();
     let Some((a, b)) = clouds().await else { return };
     let origin = unique_name("kit");
     let store = replicated(&a, &b, &origin).await;
@@ -278,6 +288,7 @@ async fn kit_over_s3_and_azurite() {
 
 /// Runs the nemesis scenario and checks everything; prints the figures.
 async fn scenario(a: &Cloud, b: &Cloud, prefix: &str) {
+    let started = Instant::now();
     let seed = seed();
     let duration = duration();
     println!("[s3+azurite] seed {seed}, {} s", duration.as_secs());
@@ -358,6 +369,7 @@ async fn scenario(a: &Cloud, b: &Cloud, prefix: &str) {
         Vec::<String>::new(),
         "conflicts not reported (seed {seed})"
     );
+    println!("[s3+azurite] scenario took {:?}", started.elapsed());
     let names = [a.name.as_str(), b.name.as_str()];
     for cloud in [a, b] {
         assert_eq!(
@@ -371,6 +383,7 @@ async fn scenario(a: &Cloud, b: &Cloud, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_and_azurite_under_a_nemesis_lose_nothing() {
+    let _serial = one_at_a_time();
     let Some((a, b)) = clouds().await else { return };
     let prefix = format!("{}/", unique_name("jepsen-"));
     let outcome = AssertUnwindSafe(scenario(&a, &b, &prefix))
@@ -384,6 +397,7 @@ async fn s3_and_azurite_under_a_nemesis_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_s3_for_good_loses_no_acknowledged_write() {
+    let _serial = one_at_a_time();
     let Some((a, b)) = clouds().await else { return };
     let prefix = format!("{}/", unique_name("loss-"));
     let run = async {

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -388,19 +388,18 @@ async fn copy_current(
 }
 
 /// Replays the hints `holder` keeps for `target`, page by page from the first (replayed
-/// hints are deleted, so the next ones move up).
+/// hints are deleted, so the next ones move up). The hints of one page are replayed
+/// [`HEADS_AT_ONCE`] keys at a time; the hints of one key (they sort together) in order.
 async fn replay_from(
     inner: &Inner,
     holder: &BlobMember,
     target: &BlobMember,
     report: &mut ReplayReport,
 ) -> Result<()> {
-    // Keys copied in this pass, with the version `target` then had: a later hint of the
-    // same key up to that version needs no second copy.
-    let mut done: HashMap<String, Version> = HashMap::new();
+    let prefix = hint_prefix(&target.name);
     loop {
         let options = ListOptions {
-            prefix: hint_prefix(&target.name),
+            prefix: prefix.clone(),
             max_results: Some(PAGE),
             ..ListOptions::default()
         };
@@ -410,46 +409,81 @@ async fn replay_from(
         if page.objects.is_empty() {
             return Ok(());
         }
+        // Group by key hash, keeping the listing's order within each group.
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
         for object in page.objects {
-            report.found += 1;
-            let hint_key = object.key;
-            let body = match holder
-                .call(|s| {
-                    let k = hint_key.clone();
-                    async move { s.get(&k, GetOptions::default()).await }
-                })
-                .await
-            {
-                Ok(got) => got.data,
-                // Another handle replayed it meanwhile.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let hint: BlobHint = serde_json::from_slice(&body).map_err(|e| {
-                Error::internal(BACKEND, format!("malformed hint `{hint_key}`: {e}"))
-            })?;
-            let covered = done.get(&hint.key).is_some_and(|v| *v >= hint.rv);
-            if covered {
-                report.already_current += 1;
-            } else {
-                // The hint was written after the holder had `hint.rv`; versions only grow, so
-                // what the holder has now covers it.
-                match copy_current(inner, holder, target, &hint.key).await? {
-                    Some((applied, now)) => {
-                        match applied {
-                            Applied::Written => report.copied += 1,
-                            Applied::AlreadyNewer => report.already_current += 1,
-                        }
-                        done.insert(hint.key.clone(), now);
-                    }
-                    None => report.already_current += 1,
-                }
+            let hash = object.key[prefix.len()..]
+                .split('-')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            match groups.last_mut() {
+                Some((h, keys)) if *h == hash => keys.push(object.key),
+                _ => groups.push((hash, vec![object.key])),
             }
-            let k = hint_key.clone();
-            holder.call(|s| async move { s.delete(&k).await }).await?;
-            inner.count_hint_replayed(&target.name);
+        }
+        let results: Vec<Result<ReplayReport>> = futures::stream::iter(
+            groups
+                .into_iter()
+                .map(|(_, hints)| replay_key(inner, holder, target, hints)),
+        )
+        .buffer_unordered(HEADS_AT_ONCE)
+        .collect()
+        .await;
+        for r in results {
+            let r = r?;
+            report.found += r.found;
+            report.copied += r.copied;
+            report.already_current += r.already_current;
         }
     }
+}
+
+/// Replays the hints of one key, in order; deletes each once its version is on `target`.
+async fn replay_key(
+    inner: &Inner,
+    holder: &BlobMember,
+    target: &BlobMember,
+    hints: Vec<String>,
+) -> Result<ReplayReport> {
+    let mut report = ReplayReport::default();
+    // The version `target` has after a copy: a later hint up to it needs no second copy.
+    let mut done: Option<Version> = None;
+    for hint_key in hints {
+        report.found += 1;
+        let k = hint_key.clone();
+        let body = match holder
+            .call(|s| async move { s.get(&k, GetOptions::default()).await })
+            .await
+        {
+            Ok(got) => got.data,
+            // Another handle replayed it meanwhile.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let hint: BlobHint = serde_json::from_slice(&body)
+            .map_err(|e| Error::internal(BACKEND, format!("malformed hint `{hint_key}`: {e}")))?;
+        if done.as_ref().is_some_and(|v| *v >= hint.rv) {
+            report.already_current += 1;
+        } else {
+            // The hint was written after the holder had `hint.rv`; versions only grow, so
+            // what the holder has now covers it.
+            match copy_current(inner, holder, target, &hint.key).await? {
+                Some((applied, now)) => {
+                    match applied {
+                        Applied::Written => report.copied += 1,
+                        Applied::AlreadyNewer => report.already_current += 1,
+                    }
+                    done = Some(now);
+                }
+                None => report.already_current += 1,
+            }
+        }
+        let k = hint_key.clone();
+        holder.call(|s| async move { s.delete(&k).await }).await?;
+        inner.count_hint_replayed(&target.name);
+    }
+    Ok(report)
 }
 
 /// A [`BlobStore`] replicated active-active over several members (see the
