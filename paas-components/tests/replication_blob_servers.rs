@@ -92,11 +92,7 @@ async fn cloud(name: String, var: &str, default: &str, open: Open) -> Option<Clo
 
 /// The scenarios of this file run one at a time: each loads both servers, and each must stay
 /// within its time bound however the test harness schedules them.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Both clouds, with member names unique to this run (hints are kept per member name, so
 /// runs sharing a bucket never see each other's).
@@ -236,7 +232,7 @@ async fn remove_written_by(a: &Cloud, b: &Cloud, prefix: &str, origin: &str) {
 
 #[test]
 fn model_test_over_s3_and_azurite() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.blocking_lock();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let Some((a, b)) = runtime.block_on(clouds()) else {
         return;
@@ -264,7 +260,7 @@ fn model_test_over_s3_and_azurite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kit_over_s3_and_azurite() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((a, b)) = clouds().await else { return };
     let origin = unique_name("kit");
     let store = replicated(&a, &b, &origin).await;
@@ -383,7 +379,7 @@ async fn scenario(a: &Cloud, b: &Cloud, prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_and_azurite_under_a_nemesis_lose_nothing() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((a, b)) = clouds().await else { return };
     let prefix = format!("{}/", unique_name("jepsen-"));
     let outcome = AssertUnwindSafe(scenario(&a, &b, &prefix))
@@ -397,7 +393,7 @@ async fn s3_and_azurite_under_a_nemesis_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_s3_for_good_loses_no_acknowledged_write() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some((a, b)) = clouds().await else { return };
     let prefix = format!("{}/", unique_name("loss-"));
     let run = async {
