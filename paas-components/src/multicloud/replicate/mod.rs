@@ -923,6 +923,29 @@ impl ReplicationBuilder {
 impl ReplicationBuilder<dyn BlobStore> {
     /// A builder of a [`ReplicatedBlobStore`]: no members yet; default breakers and
     /// settings; background replay on.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cloud_abstraction::storage::{BlobStore, BlobStoreExt};
+    /// use paas_components::multicloud::replicate::ReplicationBuilder;
+    /// use paas_components::storage::MemoryBlobStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cloud_abstraction::Result<()> {
+    /// let aws: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    /// let azure: Arc<dyn BlobStore> = Arc::new(MemoryBlobStore::new());
+    /// let store = ReplicationBuilder::blobs()
+    ///     .member("aws", aws.clone())
+    ///     .member("azure", azure.clone())
+    ///     .origin("service-1")
+    ///     .build()
+    ///     .await?;
+    /// let put = store.put_bytes("vehicles/WVW-1", "locked".into()).await?;
+    /// // Both clouds hold it; the store's ETag is the same whichever member answers.
+    /// assert_eq!(aws.get_bytes("vehicles/WVW-1").await?, "locked");
+    /// assert_eq!(azure.get_bytes("vehicles/WVW-1").await?, "locked");
+    /// assert_eq!(store.head("vehicles/WVW-1").await?.etag, put.etag);
+    /// # Ok(()) }
+    /// ```
     pub fn blobs() -> Self {
         Self::empty()
     }
