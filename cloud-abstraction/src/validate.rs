@@ -319,8 +319,19 @@ pub fn stored_content_type(backend: &'static str, content_type: &str) -> Result<
     Ok(())
 }
 
+/// The prefix of metadata names reserved for wrappers that store an object inside another
+/// store with bookkeeping of their own (the replication version of
+/// `paas_components::multicloud::replicate`). Entries with such names have a budget of their
+/// own, [`MAX_RESERVED_METADATA_SIZE`], beside the caller's [`MAX_METADATA_SIZE`], so that a
+/// store built over other stores accepts exactly the metadata a plain one does (as
+/// [`WRAPPER_MARKER`] does for documents). Such a store refuses the names from its callers.
+pub const RESERVED_METADATA_PREFIX: &str = "_repl_";
+/// Most bytes of reserved metadata ([`RESERVED_METADATA_PREFIX`]) on one object.
+pub const MAX_RESERVED_METADATA_SIZE: usize = 320;
+
 /// Checks a whole metadata map: every name and value, and the total size against
-/// [`MAX_METADATA_SIZE`].
+/// [`MAX_METADATA_SIZE`] (reserved names, see [`RESERVED_METADATA_PREFIX`], against
+/// [`MAX_RESERVED_METADATA_SIZE`]).
 pub fn metadata(backend: &'static str, metadata: &BTreeMap<String, String>) -> Result<()> {
     metadata_checked(backend, metadata, |name| metadata_name(backend, name))
 }
@@ -331,10 +342,23 @@ fn metadata_checked(
     check_name: impl Fn(&str) -> Result<()>,
 ) -> Result<()> {
     let mut total = 0usize;
+    let mut reserved = 0usize;
     for (name, value) in metadata {
         check_name(name)?;
         metadata_value(backend, name, value)?;
-        total += name.len() + value.len();
+        if name.starts_with(RESERVED_METADATA_PREFIX) {
+            reserved += name.len() + value.len();
+        } else {
+            total += name.len() + value.len();
+        }
+    }
+    if reserved > MAX_RESERVED_METADATA_SIZE {
+        return Err(Error::invalid(
+            backend,
+            format!(
+                "reserved metadata is {reserved} bytes; the limit is {MAX_RESERVED_METADATA_SIZE}"
+            ),
+        ));
     }
     if total > MAX_METADATA_SIZE {
         return Err(Error::invalid(

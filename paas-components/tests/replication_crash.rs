@@ -141,6 +141,7 @@ mod crash {
                                 jepsen::OpKind::Put
                             },
                             value: (!delete).then(|| json!({"w": w, "s": tag})),
+                            tag: None,
                             start: at(us.parse().unwrap()),
                             // Unacknowledged: may have taken effect at any time until the kill.
                             end: killed,

@@ -25,7 +25,7 @@ use futures::FutureExt;
 use paas_components::database::{
     MysqlDocumentStore, PostgresDocumentStore, RedisDocumentStore, SqliteDocumentStore,
 };
-use paas_components::layers::{self, CircuitBreakerConfig, FaultInjector};
+use paas_components::layers::{self, FaultInjector};
 use paas_components::multicloud::ReplicatedDocumentStore;
 use paas_components::multicloud::replicate::ReplicationBuilder;
 use serde_json::Value;
@@ -33,37 +33,13 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::jepsen::{self, Target, Workload};
+use support::jepsen::{self, Target, Workload, breaker, duration, seed};
 use support::{TcpProxy, target_of, via};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 const COLLECTION: &str = "vehicles";
-
-fn seed() -> u64 {
-    std::env::var("REPLICATION_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
-}
-
-fn duration() -> Duration {
-    let secs = std::env::var("REPLICATION_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30u64);
-    Duration::from_secs(secs.clamp(2, 85))
-}
-
-fn breaker() -> CircuitBreakerConfig {
-    CircuitBreakerConfig {
-        consecutive_failures: 3,
-        open_for: Duration::from_millis(500),
-        successes_to_close: 2,
-        ..Default::default()
-    }
-}
 
 /// A way to take one member away and bring it back.
 enum Cut {
@@ -167,40 +143,19 @@ async fn scenario(label: &str, a: Cloud, b: Cloud) {
     let dump_a = jepsen::dump(&a.direct, COLLECTION).await;
     let dump_b = jepsen::dump(&b.direct, COLLECTION).await;
     let verdict = jepsen::check(&ops, &jepsen::live_state(&dump_a));
-    let (hints_written, hints_replayed) = store.hint_counts();
-    println!(
-        "[{label}] operations {}, acknowledged {}, hints written {hints_written}, replayed {hints_replayed}, \
-         drained in {drain:?}, repaired {} (of {} compared), conflicts {}, lost {}",
-        verdict.operations,
-        verdict.acknowledged,
-        repaired.copied,
-        repaired.compared,
-        store.conflict_count(),
-        verdict.lost.len()
-    );
-    assert!(
-        verdict.acknowledged > 100,
-        "the workload made progress: {verdict:?}"
-    );
-    assert!(
-        hints_written > 0,
-        "the nemesis cut a member while writes were acknowledged"
-    );
-    assert_eq!(
-        verdict.lost,
-        Vec::<String>::new(),
-        "acknowledged writes lost (seed {seed})"
-    );
-    assert_eq!(
-        dump_a.len(),
-        dump_b.len(),
-        "same number of items on both members"
-    );
-    assert!(
-        dump_a == dump_b,
-        "members differ after heal, replay and repair (seed {seed})"
-    );
-    assert_eq!(repaired.failed, 0);
+    jepsen::Outcome {
+        label,
+        seed,
+        verdict: &verdict,
+        hints: store.hint_counts(),
+        drain,
+        repaired: &repaired,
+        conflicts: store.conflict_count(),
+        extra: String::new(),
+        dump_a: &dump_a,
+        dump_b: &dump_b,
+    }
+    .assert();
     // Nothing left to replay on either side.
     for cloud in [&a, &b] {
         let hints = jepsen::dump(&cloud.direct, "replication_hints").await;

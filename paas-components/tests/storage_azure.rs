@@ -14,50 +14,15 @@ use cloud_abstraction::{BlobStore, ErrorKind};
 use paas_components::storage::AzureBlobStore;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{TcpProxy, server_url};
+use support::{TcpProxy, endpoint_addr, server_url, via_endpoint};
 
 /// What `.ci/services/azurite.sh` prints with its defaults.
 const DEFAULT_URL: &str =
     "azure://test-container?emulator=true&endpoint=http://127.0.0.1:10000/devstoreaccount1";
 
-/// The endpoint's `host:port`, for the reachability probe and the proxy.
-fn endpoint_addr(url: &str) -> String {
-    let url = url::Url::parse(url).unwrap();
-    let endpoint = url
-        .query_pairs()
-        .find(|(k, _)| k == "endpoint")
-        .map(|(_, v)| v.into_owned())
-        .expect("the test URL names an endpoint");
-    let endpoint = url::Url::parse(&endpoint).unwrap();
-    format!(
-        "{}:{}",
-        endpoint.host_str().unwrap(),
-        endpoint.port_or_known_default().unwrap()
-    )
-}
-
 async fn test_url() -> Option<String> {
     let configured = std::env::var("AZURE_TEST_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
     server_url("AZURE_TEST_URL", DEFAULT_URL, &endpoint_addr(&configured)).await
-}
-
-/// The same URL with the endpoint replaced by `addr`.
-fn via(url: &str, addr: &str) -> String {
-    let mut parsed = url::Url::parse(url).unwrap();
-    let pairs: Vec<(String, String)> = parsed
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == "endpoint" {
-                let old = url::Url::parse(&v).unwrap();
-                format!("http://{addr}{}", old.path())
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    parsed.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -174,7 +139,7 @@ async fn multipart_parts_out_of_order_and_with_metadata() {
 async fn outage_is_retryable_and_acknowledged_writes_survive() {
     let Some(url) = test_url().await else { return };
     let proxy = TcpProxy::start(&endpoint_addr(&url)).await;
-    let store = Arc::new(AzureBlobStore::from_url(&via(&url, &proxy.addr().to_string())).unwrap());
+    let store = Arc::new(AzureBlobStore::from_url(&via_endpoint(&url, proxy.addr())).unwrap());
     let direct = Arc::new(AzureBlobStore::from_url(&url).unwrap());
     support::blob_faults::cut_and_restore_keeps_acknowledged_objects(&proxy, store, direct).await;
 }

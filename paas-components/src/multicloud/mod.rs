@@ -6,7 +6,7 @@
 //! | module | what | status |
 //! |---|---|---|
 //! | [`failover`] | ordered members of one trait, each behind a circuit breaker; idempotent requests move on at once; hedged reads | exists |
-//! | [`replicate`] | active-active replication of documents with durable hints, tombstones, replay and repair | documents exist; blobs planned |
+//! | [`replicate`] | active-active replication of documents and blobs with durable hints, tombstones, replay and repair | exists |
 //! | [`cell`] | per-vehicle cell routing: routing table (entries, ranges, weighted rendezvous), home / standby per cell, failover and return with hysteresis; from a placement plan with feature `placement` | exists |
 //! | [`cell_queue`] | publishing to a cell's cloud with failover; an idempotent consumer (message ids recorded with create-if-absent) | exists |
 //!
@@ -21,4 +21,4 @@ pub mod replicate;
 pub use cell::{CellRouter, CloudHealth, RouterConfig, RoutingTable};
 pub use cell_queue::{CellPublisher, Delivery, IdempotentConsumer};
 pub use failover::{Failover, FailoverBuilder, FailoverHandle, HedgeConfig, MemberStatus};
-pub use replicate::{ReplicatedDocumentStore, ReplicationBuilder};
+pub use replicate::{ReplicatedBlobStore, ReplicatedDocumentStore, ReplicationBuilder};

@@ -1,14 +1,47 @@
 //! A Jepsen-style harness for replicated stores: a seeded workload of concurrent writers that
 //! records every operation, a seeded nemesis that cuts and heals members, and a checker that
-//! finds every acknowledged write afterwards.
+//! finds every acknowledged write afterwards; for replicated document and blob stores alike
+//! (a [`Subject`] of the workload).
 
+use bytes::Bytes;
+use cloud_abstraction::Result;
 use cloud_abstraction::database::{DocumentStore, PutDocumentOptions, Query, WriteCondition};
+use cloud_abstraction::storage::{BlobStore, PutOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The run's seed: `REPLICATION_SEED` if set (to replay a run), else random; printed by
+/// every scenario.
+pub fn seed() -> u64 {
+    std::env::var("REPLICATION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// The workload's length: `REPLICATION_SECONDS` (2 to 85), default 30 s.
+pub fn duration() -> Duration {
+    let secs = std::env::var("REPLICATION_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30u64);
+    Duration::from_secs(secs.clamp(2, 85))
+}
+
+/// The members' breakers in the scenarios: open after 3 failures, probe after 500 ms.
+pub fn breaker() -> paas_components::layers::CircuitBreakerConfig {
+    paas_components::layers::CircuitBreakerConfig {
+        consecutive_failures: 3,
+        open_for: Duration::from_millis(500),
+        successes_to_close: 2,
+        ..Default::default()
+    }
+}
 
 /// What an operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +62,8 @@ pub struct Op {
     pub kind: OpKind,
     /// The value written (`None` for a delete); unique per operation.
     pub value: Option<Value>,
+    /// The version tag the store returned for an acknowledged write, where it has one.
+    pub tag: Option<String>,
     pub start: Instant,
     pub end: Instant,
     pub acknowledged: bool,
@@ -108,13 +143,128 @@ pub fn key_id(key: usize) -> String {
     format!("k{key:04}")
 }
 
+/// What the workload writes to: a replicated document collection or a key prefix of a
+/// replicated blob store. Each write returns the store's version tag where it has one (the
+/// blob store's portable ETag), for the checker.
+pub trait Subject: Send + Sync + 'static {
+    /// An unconditional write.
+    fn put(&self, id: &str, value: &Value) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// A create-if-absent.
+    fn create(
+        &self,
+        id: &str,
+        value: &Value,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Read, then write only if nobody wrote in between (create if absent).
+    fn update(
+        &self,
+        id: &str,
+        value: &Value,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+    fn delete(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A collection of a document store.
+pub struct Documents {
+    pub store: Arc<dyn DocumentStore>,
+    pub collection: String,
+}
+
+impl Subject for Documents {
+    async fn put(&self, id: &str, value: &Value) -> Result<Option<String>> {
+        self.store
+            .put(
+                &self.collection,
+                id,
+                value.clone(),
+                PutDocumentOptions::default(),
+            )
+            .await
+            .map(|_| None)
+    }
+    async fn create(&self, id: &str, value: &Value) -> Result<Option<String>> {
+        self.store
+            .put(
+                &self.collection,
+                id,
+                value.clone(),
+                PutDocumentOptions::create(),
+            )
+            .await
+            .map(|_| None)
+    }
+    async fn update(&self, id: &str, value: &Value) -> Result<Option<String>> {
+        let options = match self.store.get(&self.collection, id).await? {
+            Some(doc) => PutDocumentOptions::if_revision(doc.revision),
+            None => PutDocumentOptions::create(),
+        };
+        self.store
+            .put(&self.collection, id, value.clone(), options)
+            .await
+            .map(|_| None)
+    }
+    async fn delete(&self, id: &str) -> Result<()> {
+        self.store
+            .delete(&self.collection, id, WriteCondition::Any)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The keys under `prefix` of a blob store; values are stored as JSON bytes.
+pub struct Blobs {
+    pub store: Arc<dyn BlobStore>,
+    pub prefix: String,
+}
+
+impl Blobs {
+    async fn write(&self, id: &str, value: &Value, options: PutOptions) -> Result<Option<String>> {
+        let body = Bytes::from(serde_json::to_vec(value).expect("json"));
+        let key = format!("{}{id}", self.prefix);
+        self.store
+            .put(&key, body, options)
+            .await
+            .map(|r| Some(r.etag))
+    }
+}
+
+impl Subject for Blobs {
+    async fn put(&self, id: &str, value: &Value) -> Result<Option<String>> {
+        self.write(id, value, PutOptions::default()).await
+    }
+    async fn create(&self, id: &str, value: &Value) -> Result<Option<String>> {
+        self.write(id, value, PutOptions::create()).await
+    }
+    async fn update(&self, id: &str, value: &Value) -> Result<Option<String>> {
+        let options = match self.store.head(&format!("{}{id}", self.prefix)).await {
+            Ok(meta) => PutOptions::if_match(meta.etag),
+            Err(e) if e.kind() == cloud_abstraction::ErrorKind::NotFound => PutOptions::create(),
+            Err(e) => return Err(e),
+        };
+        self.write(id, value, options).await
+    }
+    async fn delete(&self, id: &str) -> Result<()> {
+        self.store.delete(&format!("{}{id}", self.prefix)).await
+    }
+}
+
 /// Runs the workload against `store` in `collection`; returns every operation.
 pub async fn run_workload(store: Arc<dyn DocumentStore>, collection: &str, w: Workload) -> Vec<Op> {
+    let subject = Documents {
+        store,
+        collection: collection.to_string(),
+    };
+    run(Arc::new(subject), w).await
+}
+
+/// Runs the workload against `subject`: each writer picks puts (45 %), conditional updates
+/// (15 %), deletes (15 %) over `w.keys` hot keys, and inserts of fresh keys (25 %); returns
+/// every operation, acknowledged or not (refused conditions are left out: they did nothing).
+pub async fn run<S: Subject>(subject: Arc<S>, w: Workload) -> Vec<Op> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..w.writers)
         .map(|writer| {
-            let store = Arc::clone(&store);
-            let collection = collection.to_string();
+            let subject = Arc::clone(&subject);
             tokio::spawn(async move {
                 let mut rng =
                     StdRng::seed_from_u64(w.seed ^ (writer as u64).wrapping_mul(0x9E37_79B9));
@@ -132,56 +282,18 @@ pub async fn run_workload(store: Arc<dyn DocumentStore>, collection: &str, w: Wo
                     let value = json!({"w": writer, "s": seq});
                     let start = Instant::now();
                     let (kind, result, value) = if roll >= 0.75 {
-                        let r = store
-                            .put(
-                                &collection,
-                                &id,
-                                value.clone(),
-                                PutDocumentOptions::create(),
-                            )
-                            .await
-                            .map(|_| ());
-                        (OpKind::Insert, r, Some(value))
+                        (
+                            OpKind::Insert,
+                            subject.create(&id, &value).await,
+                            Some(value),
+                        )
                     } else if roll < 0.45 {
-                        let r = store
-                            .put(
-                                &collection,
-                                &id,
-                                value.clone(),
-                                PutDocumentOptions::default(),
-                            )
-                            .await
-                            .map(|_| ());
-                        (OpKind::Put, r, Some(value))
+                        (OpKind::Put, subject.put(&id, &value).await, Some(value))
                     } else if roll < 0.6 {
-                        // Read, then update only if nobody wrote in between.
-                        let r = match store.get(&collection, &id).await {
-                            Ok(Some(doc)) => store
-                                .put(
-                                    &collection,
-                                    &id,
-                                    value.clone(),
-                                    PutDocumentOptions::if_revision(doc.revision),
-                                )
-                                .await
-                                .map(|_| ()),
-                            Ok(None) => store
-                                .put(
-                                    &collection,
-                                    &id,
-                                    value.clone(),
-                                    PutDocumentOptions::create(),
-                                )
-                                .await
-                                .map(|_| ()),
-                            Err(e) => Err(e),
-                        };
+                        let r = subject.update(&id, &value).await;
                         (OpKind::ConditionalUpdate, r, Some(value))
                     } else {
-                        let r = store
-                            .delete(&collection, &id, WriteCondition::Any)
-                            .await
-                            .map(|_| ());
+                        let r = subject.delete(&id).await.map(|()| None);
                         (OpKind::Delete, r, None)
                     };
                     let acknowledged = result.is_ok();
@@ -203,6 +315,7 @@ pub async fn run_workload(store: Arc<dyn DocumentStore>, collection: &str, w: Wo
                         key,
                         kind,
                         value,
+                        tag: result.ok().flatten(),
                         start,
                         end: Instant::now(),
                         acknowledged,
@@ -321,4 +434,114 @@ pub fn live_state(dump: &[(String, Value)]) -> HashMap<usize, Value> {
             Some((key, env["v"].clone()))
         })
         .collect()
+}
+
+/// One object of a blob member, as dumps compare them: key, metadata (reserved names
+/// included), bytes and content type; the member's own ETag and times are left out.
+pub type BlobEntry = (
+    String,
+    std::collections::BTreeMap<String, String>,
+    Bytes,
+    Option<String>,
+);
+
+/// Every object under `prefix` of a blob member, tombstones included, in key order.
+pub async fn dump_blobs(member: &Arc<dyn BlobStore>, prefix: &str) -> Vec<BlobEntry> {
+    use cloud_abstraction::storage::{BlobStoreExt, GetOptions};
+    let mut out = Vec::new();
+    for object in member.list_all(prefix).await.expect("list a member") {
+        let got = member
+            .get(&object.key, GetOptions::default())
+            .await
+            .expect("read a member");
+        out.push((
+            object.key,
+            got.meta.metadata,
+            got.data,
+            got.meta.content_type,
+        ));
+    }
+    out
+}
+
+/// Keys on which a conflict provably happened: the final version `(timestamp, parent
+/// timestamp)` of a key replaced, without having seen it, an acknowledged write whose
+/// version lies between its parent and itself. `timestamp_of` reads a write's timestamp from
+/// its tag. (One origin: versions order by timestamp.) Each of these must have been
+/// reported.
+pub fn provable_conflicts(
+    ops: &[Op],
+    finals: &HashMap<usize, (u64, Option<u64>)>,
+    timestamp_of: impl Fn(&str) -> Option<u64>,
+) -> std::collections::BTreeSet<usize> {
+    let mut keys = std::collections::BTreeSet::new();
+    for op in ops.iter().filter(|o| o.acknowledged) {
+        let (Some(tag), Some((last, parent))) = (&op.tag, finals.get(&op.key)) else {
+            continue;
+        };
+        let Some(t) = timestamp_of(tag) else { continue };
+        if t < *last && parent.is_none_or(|p| p < t) {
+            keys.insert(op.key);
+        }
+    }
+    keys
+}
+
+/// What a scenario ends with, after heal, replay and repair: printed as the run's figures
+/// and checked by [`Outcome::assert`].
+pub struct Outcome<'a, D> {
+    pub label: &'a str,
+    pub seed: u64,
+    pub verdict: &'a Verdict,
+    /// Hints written and replayed.
+    pub hints: (u64, u64),
+    pub drain: Duration,
+    pub repaired: &'a paas_components::multicloud::replicate::RepairReport,
+    pub conflicts: u64,
+    /// Extra figures for the printed line.
+    pub extra: String,
+    pub dump_a: &'a [D],
+    pub dump_b: &'a [D],
+}
+
+impl<D: PartialEq> Outcome<'_, D> {
+    /// Prints the figures; asserts progress, hints written, nothing lost, identical members
+    /// and a repair that reached every member.
+    pub fn assert(&self) {
+        let (label, seed, v) = (self.label, self.seed, self.verdict);
+        println!(
+            "[{label}] operations {}, acknowledged {}, hints written {}, replayed {}, \
+             drained in {:?}, repaired {} (of {} compared), conflicts {}{}, lost {}",
+            v.operations,
+            v.acknowledged,
+            self.hints.0,
+            self.hints.1,
+            self.drain,
+            self.repaired.copied,
+            self.repaired.compared,
+            self.conflicts,
+            self.extra,
+            v.lost.len()
+        );
+        assert!(v.acknowledged > 100, "the workload made progress: {v:?}");
+        assert!(
+            self.hints.0 > 0,
+            "the nemesis cut a member while writes were acknowledged"
+        );
+        assert_eq!(
+            v.lost,
+            Vec::<String>::new(),
+            "acknowledged writes lost (seed {seed})"
+        );
+        assert_eq!(
+            self.dump_a.len(),
+            self.dump_b.len(),
+            "same number of items on both members (seed {seed})"
+        );
+        assert!(
+            self.dump_a == self.dump_b,
+            "members differ after heal, replay and repair (seed {seed})"
+        );
+        assert_eq!(self.repaired.failed, 0, "repair reached every member");
+    }
 }

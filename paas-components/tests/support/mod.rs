@@ -48,6 +48,49 @@ pub fn target_of(url: &str) -> String {
     testing::target_of(url).expect("server URL with a host and port")
 }
 
+/// The `host:port` of the `endpoint` query parameter of a blob store URL (S3, Azure), for the
+/// reachability probe and a proxy's target.
+pub fn endpoint_addr(url: &str) -> String {
+    let endpoint = endpoint_of(url);
+    format!(
+        "{}:{}",
+        endpoint.host_str().expect("the endpoint names a host"),
+        endpoint
+            .port_or_known_default()
+            .expect("the endpoint has a port")
+    )
+}
+
+fn endpoint_of(url: &str) -> url::Url {
+    let url = url::Url::parse(url).expect("a store URL");
+    let endpoint = url
+        .query_pairs()
+        .find(|(k, _)| k == "endpoint")
+        .map(|(_, v)| v.into_owned())
+        .expect("the test URL names an endpoint");
+    url::Url::parse(&endpoint).expect("an endpoint URL")
+}
+
+/// The same blob store URL with its endpoint's host and port replaced by `addr` (the path,
+/// e.g. Azurite's account, kept): to reach the server through a proxy.
+pub fn via_endpoint(url: &str, addr: impl std::fmt::Display) -> String {
+    let path = endpoint_of(url).path().trim_end_matches('/').to_string();
+    let mut parsed = url::Url::parse(url).expect("a store URL");
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "endpoint" {
+                format!("http://{addr}{path}")
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    parsed.to_string()
+}
+
 /// [`testing::TcpProxy`], started or the test fails.
 pub struct TcpProxy(testing::TcpProxy);
 

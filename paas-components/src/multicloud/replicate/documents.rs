@@ -3,32 +3,29 @@
 //! See the [module docs](super) for the guarantees; this file is the write and read paths.
 
 use super::hints::{self, Hint};
-use super::version::{HybridClock, Version};
-use super::{Conflict, ConflictSink, ReplicationConfig};
-use crate::layers::{BreakerState, CircuitBreaker, Permit};
+use super::version::Version;
+use super::{Applied, ConflictSink, Lineage, Member, ReplayReport, Replicas, ReplicationConfig};
+use crate::layers::CircuitBreaker;
 use async_trait::async_trait;
 use cloud_abstraction::capabilities::CommonCapabilities;
 use cloud_abstraction::database::{
     DatabaseCapabilities, Document, DocumentStore, Filter, OrderBy, PutDocumentOptions, Query,
     QueryPage, Revision, WriteCondition, WriteOp, WriteOutcome,
 };
-use cloud_abstraction::{BackendInfo, Error, ErrorKind, ErrorStatus, Location, Result, validate};
+use cloud_abstraction::{BackendInfo, Error, ErrorKind, Result, validate};
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
 
 pub(crate) const BACKEND: &str = "replicated";
 /// Room kept for the envelope inside a member's document size limit.
 const ENVELOPE_OVERHEAD: u64 = 512;
-/// Re-reads after a member changed under a write, before giving up with `Unavailable`.
-const MAX_ATTEMPTS: usize = 8;
+use super::MAX_ATTEMPTS;
 
 /// How a replicated item is stored in each member: the user's document inside an envelope
 /// that carries the replication version, the portable revision and the tombstone flag.
@@ -81,6 +78,13 @@ impl Envelope {
     fn live(&self) -> bool {
         !self.del
     }
+
+    pub(crate) fn lineage(&self) -> Lineage<'_> {
+        Lineage {
+            rv: &self.rv,
+            parent: self.p.as_ref(),
+        }
+    }
 }
 
 /// What one member holds for one key: its own revision and the envelope.
@@ -112,35 +116,13 @@ impl MemberState {
     }
 }
 
-pub(crate) struct DocMember {
-    pub(crate) name: String,
-    pub(crate) store: Arc<dyn DocumentStore>,
-    pub(crate) breaker: CircuitBreaker,
-    /// Hints for this member may exist: it serves no reads until a replay drains them.
-    pub(crate) behind: AtomicBool,
-    pub(crate) transactions: bool,
-}
+/// A member document store.
+pub(crate) type DocMember = Member<dyn DocumentStore>;
 
 impl DocMember {
-    /// Runs `call` on this member through its breaker.
-    pub(crate) async fn call<T, F>(
-        &self,
-        call: impl FnOnce(Arc<dyn DocumentStore>) -> F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T>>,
-    {
-        let permit: Permit = self
-            .breaker
-            .try_acquire()
-            .map_err(|e| e.or_backend(&self.name))?;
-        let result = call(Arc::clone(&self.store)).await;
-        permit.record(&result);
-        result
-    }
-
-    pub(crate) fn admits(&self) -> bool {
-        self.breaker.state() != BreakerState::Open
+    /// Whether the member has atomic `write_batch` (a hint can go with its write).
+    pub(crate) fn transactions(&self) -> bool {
+        self.store.capabilities().transactions
     }
 
     pub(crate) async fn read(&self, collection: &str, id: &str) -> Result<Option<MemberState>> {
@@ -153,17 +135,35 @@ impl DocMember {
 }
 
 pub(crate) struct Inner {
-    pub(crate) members: Vec<DocMember>,
-    pub(crate) clock: HybridClock,
-    pub(crate) config: ReplicationConfig,
-    pub(crate) conflicts: ConflictSink,
+    pub(crate) replicas: Replicas<dyn DocumentStore>,
     pub(crate) capabilities: DatabaseCapabilities,
-    pub(crate) location: Location,
-    pub(crate) replay_wanted: Arc<Notify>,
-    pub(crate) hints_written: AtomicU64,
-    pub(crate) hints_replayed: AtomicU64,
-    /// Active probes of the members, stopped with the store.
-    pub(crate) probes: std::sync::Mutex<Vec<crate::layers::ProbeGuard>>,
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Replicas<dyn DocumentStore>;
+    fn deref(&self) -> &Self::Target {
+        &self.replicas
+    }
+}
+
+impl super::HintLog for Inner {
+    type Store = dyn DocumentStore;
+    fn replicas(&self) -> &Replicas<dyn DocumentStore> {
+        &self.replicas
+    }
+    async fn replay_from(
+        &self,
+        holder: &DocMember,
+        target: &DocMember,
+        report: &mut ReplayReport,
+    ) -> Result<()> {
+        hints::replay_from(self, holder, target, report).await
+    }
+    async fn holds_hints(&self, holder: &DocMember, target: &str) -> Option<bool> {
+        hints::count_for(self, holder, target, 1)
+            .await
+            .map(|n| n > 0)
+    }
 }
 
 /// A [`DocumentStore`] replicated active-active over several members (see the
@@ -190,112 +190,81 @@ impl fmt::Debug for ReplicatedDocumentStore {
     }
 }
 
-/// The outcome of applying one envelope to one member.
-#[derive(Debug)]
-pub(crate) enum Applied {
-    /// Written (the member had an older version or nothing).
-    Written,
-    /// The member already had this version or a newer one; nothing written.
-    AlreadyNewer,
-}
-
 /// Per-member view of a key, as read at the start of a write.
 type Reads = Vec<Result<Option<MemberState>>>;
 
-/// Writes `envelope` to `member` only if it is newer than what the member holds, with a
-/// conditional write on the member's own revision, re-reading when the member changed under
-/// it. `known` is what the caller already read from this member (saves a round trip).
-///
-/// Where the member's version and the incoming one did not see each other, the loser is
-/// reported to `conflicts` ([`ConflictSink::check`]). With `strict` (a conditional write on
-/// its deciding member), a change of the member under the write is not re-compared but
-/// returned as `PreconditionFailed`, so that the caller decides the condition again.
+impl super::Held for MemberState {
+    fn lineage(&self) -> Lineage<'_> {
+        self.envelope.lineage()
+    }
+}
+
+/// Writes `envelope` to `member` only if it is newer (see [`super::apply_if_newer`]), with a
+/// write conditional on the member's revision; `extra_ops` go into the same atomic batch
+/// where the member has transactions.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_if_newer(
     member: &DocMember,
     collection: &str,
     envelope: &Envelope,
     ttl: Option<Duration>,
-    mut known: Option<Option<MemberState>>,
+    known: Option<Option<MemberState>>,
     extra_ops: &[WriteOp],
     conflicts: &ConflictSink,
     strict: bool,
 ) -> Result<Applied> {
-    for _ in 0..MAX_ATTEMPTS {
-        let current = match known.take() {
-            Some(state) => state,
-            None => member.read(collection, &envelope.k).await?,
-        };
-        if let Some(state) = &current {
-            if state.envelope.rv >= envelope.rv {
-                conflicts.check(collection, &member.name, &state.envelope, envelope);
-                return Ok(Applied::AlreadyNewer);
-            }
-        }
-        let condition = match &current {
-            None => WriteCondition::Absent,
-            Some(state) => WriteCondition::Revision(state.revision),
-        };
-        let put = WriteOp::Put {
-            collection: collection.to_string(),
-            id: envelope.k.clone(),
-            value: envelope.to_value(),
-            options: PutDocumentOptions { condition, ttl },
-        };
-        let result = if extra_ops.is_empty() || !member.transactions {
-            member
-                .call(|s| async move {
-                    match put {
-                        WriteOp::Put {
-                            collection,
-                            id,
-                            value,
-                            options,
-                        } => s.put(&collection, &id, value, options).await.map(|_| ()),
-                        WriteOp::Delete { .. } => Ok(()),
+    let incoming = super::Incoming {
+        member: &member.name,
+        collection,
+        id: &envelope.k,
+        lineage: envelope.lineage(),
+        what: "document",
+    };
+    super::apply_if_newer(
+        incoming,
+        conflicts,
+        strict,
+        known,
+        || member.read(collection, &envelope.k),
+        |state: &MemberState| state.envelope.rv >= envelope.rv,
+        |current: Option<&MemberState>| {
+            let condition = match current {
+                None => WriteCondition::Absent,
+                Some(state) => WriteCondition::Revision(state.revision),
+            };
+            let options = PutDocumentOptions { condition, ttl };
+            let value = envelope.to_value();
+            let batch = (!extra_ops.is_empty() && member.transactions()).then(|| {
+                let mut ops = extra_ops.to_vec();
+                ops.push(WriteOp::Put {
+                    collection: collection.to_string(),
+                    id: envelope.k.clone(),
+                    value: value.clone(),
+                    options: options.clone(),
+                });
+                ops
+            });
+            async move {
+                match batch {
+                    Some(ops) => {
+                        member
+                            .call(|s| async move { s.write_batch(ops).await.map(|_| ()) })
+                            .await
                     }
-                })
-                .await
-        } else {
-            let mut ops = extra_ops.to_vec();
-            ops.push(put);
-            member
-                .call(|s| async move { s.write_batch(ops).await.map(|_| ()) })
-                .await
-        };
-        match result {
-            Ok(()) => {
-                if let Some(state) = &current {
-                    conflicts.check(collection, &member.name, &state.envelope, envelope);
+                    None => {
+                        member
+                            .call(|s| async move {
+                                s.put(collection, &envelope.k, value, options)
+                                    .await
+                                    .map(|_| ())
+                            })
+                            .await
+                    }
                 }
-                return Ok(Applied::Written);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists
-                ) =>
-            {
-                if strict {
-                    return Err(Error::new(
-                        ErrorKind::PreconditionFailed,
-                        member.name.clone(),
-                        "the document changed on the deciding member under a conditional write",
-                    ));
-                }
-                // Someone wrote the key on this member meanwhile: read again, compare again.
-                continue;
-            }
-            Err(e) => return Err(e.or_backend(&member.name)),
-        }
-    }
-    Err(Error::unavailable(
-        BACKEND,
-        format!(
-            "member `{}` kept changing document `{}` under the write",
-            member.name, envelope.k
-        ),
-    ))
+        },
+    )
+    .await
 }
 
 /// Checks `condition` against the deciding member's envelope (a tombstone is absent).
@@ -321,41 +290,7 @@ struct Planned {
 }
 
 impl ReplicatedDocumentStore {
-    /// The members' names, in preference order.
-    pub fn member_names(&self) -> Vec<String> {
-        self.inner.members.iter().map(|m| m.name.clone()).collect()
-    }
-
-    /// The breaker of member `index`.
-    pub fn breaker(&self, index: usize) -> Option<&CircuitBreaker> {
-        self.inner.members.get(index).map(|m| &m.breaker)
-    }
-
-    /// Whether member `index` may lack acknowledged writes (hints for it may be pending), so
-    /// that it serves no reads.
-    pub fn is_behind(&self, index: usize) -> bool {
-        self.inner
-            .members
-            .get(index)
-            .is_some_and(|m| m.behind.load(Ordering::Acquire))
-    }
-
-    /// Hints this handle wrote, and replayed, since it was built.
-    pub fn hint_counts(&self) -> (u64, u64) {
-        (
-            self.inner.hints_written.load(Ordering::Relaxed),
-            self.inner.hints_replayed.load(Ordering::Relaxed),
-        )
-    }
-
-    /// The origin id of this handle's versions.
-    pub fn origin(&self) -> &str {
-        self.inner.clock.origin()
-    }
-
-    pub(crate) fn downgrade(&self) -> Weak<Inner> {
-        Arc::downgrade(&self.inner)
-    }
+    super::replica_handle_methods!();
 
     fn check_collection(&self, collection: &str) -> Result<()> {
         validate::resource_name(BACKEND, "collection", collection)?;
@@ -390,16 +325,6 @@ impl ReplicatedDocumentStore {
         Ok(())
     }
 
-    /// Member indexes in the order a write is decided for `(collection, id)`: the key's home
-    /// first, then the others in preference order.
-    fn decision_order(&self, collection: &str, id: &str) -> Vec<usize> {
-        let n = self.inner.members.len();
-        let home = (self.inner.config.home)(collection, id) % n;
-        std::iter::once(home)
-            .chain((0..n).filter(|&i| i != home))
-            .collect()
-    }
-
     /// Reads `(collection, id)` from every member at once.
     async fn read_all(&self, collection: &str, id: &str) -> Reads {
         join_all(self.inner.members.iter().map(|m| m.read(collection, id))).await
@@ -424,32 +349,6 @@ impl ReplicatedDocumentStore {
         (0..reads.len())
             .filter_map(own)
             .max_by(|a, b| a.rv.cmp(&b.rv))
-    }
-
-    /// The deciding member's index for a key whose reads are `reads`.
-    fn decider(&self, order: &[usize], reads: &Reads) -> Result<usize> {
-        order
-            .iter()
-            .copied()
-            .find(|&i| reads[i].is_ok())
-            .ok_or_else(|| self.none_reachable(reads))
-    }
-
-    fn none_reachable(&self, reads: &Reads) -> Error {
-        let listed: Vec<String> = reads
-            .iter()
-            .zip(&self.inner.members)
-            .filter_map(|(r, m)| r.as_ref().err().map(|e| format!("{}: {e}", m.name)))
-            .collect();
-        let temporary = reads.iter().any(|r| {
-            r.as_ref()
-                .is_err_and(|e| e.status() == ErrorStatus::Temporary)
-        });
-        let e = Error::unavailable(
-            BACKEND,
-            format!("no member answered ({})", listed.join("; ")),
-        );
-        if temporary { e } else { e.persist() }
     }
 
     fn plan(
@@ -536,7 +435,7 @@ impl ReplicatedDocumentStore {
             let extra = hints_for(i);
             let single = planned.len() == 1;
             async move {
-                let mut hints_in_batch = single && member.transactions && !extra.is_empty();
+                let mut hints_in_batch = single && member.transactions() && !extra.is_empty();
                 for p in planned {
                     let known = match &p.reads[i] {
                         Ok(state) => Some(state.clone()),
@@ -627,10 +526,7 @@ impl ReplicatedDocumentStore {
                     ),
                 ));
             }
-            let count = planned.len() as u64;
-            self.inner.hints_written.fetch_add(count, Ordering::Relaxed);
-            metrics::counter!("replication_hints_written_total", "member" => members[t].name.clone())
-                .increment(count);
+            self.inner.count_hints_written(t, planned.len() as u64);
         }
         self.inner.replay_wanted.notify_one();
         Ok(())
@@ -645,16 +541,21 @@ impl ReplicatedDocumentStore {
         value: Value,
         ttl: Option<Duration>,
     ) -> Result<(Revision, bool)> {
-        let order = self.decision_order(collection, id);
+        let order = self.inner.decision_order(collection, id);
         let conditional = condition != WriteCondition::Any;
         for _ in 0..MAX_ATTEMPTS {
             let reads = self.read_all(collection, id).await;
-            let decider = self.decider(&order, &reads)?;
+            let decider = self.inner.decider(BACKEND, &order, &reads)?;
             let base = self.base(decider, &reads);
             check_condition(base.as_ref(), condition)?;
             let existed = base.as_ref().is_some_and(Envelope::live);
-            if delete && !existed {
-                // Nothing to delete where the write is decided: no tombstone needed.
+            let any_live = reads
+                .iter()
+                .any(|r| matches!(r, Ok(Some(s)) if s.envelope.live()));
+            if delete && !any_live && reads.iter().all(Result::is_ok) {
+                // Nothing to delete anywhere: no tombstone needed. (A member that did not
+                // answer may hold a write that failed for its caller but landed there: it
+                // gets the tombstone through a hint.)
                 return Ok((Revision(0), false));
             }
             let change = Change {
@@ -681,36 +582,6 @@ impl ReplicatedDocumentStore {
         Err(Error::unavailable(
             BACKEND,
             format!("document `{id}` kept changing under a conditional write; try again"),
-        ))
-    }
-
-    /// The members to read from, best first: those that are not behind and whose breaker
-    /// admits calls, in preference order; then the rest (better a possibly stale answer than
-    /// none, when nothing else answers).
-    fn read_order(&self) -> Vec<usize> {
-        let members = &self.inner.members;
-        let (good, rest): (Vec<usize>, Vec<usize>) = (0..members.len())
-            .partition(|&i| members[i].admits() && !members[i].behind.load(Ordering::Acquire));
-        good.into_iter().chain(rest).collect()
-    }
-
-    async fn read_from_any<'a, T, F, Fut>(&'a self, call: F) -> Result<T>
-    where
-        F: Fn(usize, &'a DocMember) -> Fut,
-        Fut: Future<Output = Result<T>> + 'a,
-    {
-        let mut errors = Vec::new();
-        for i in self.read_order() {
-            let member = &self.inner.members[i];
-            match call(i, member).await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_target_failure() => errors.push(format!("{}: {e}", member.name)),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::unavailable(
-            BACKEND,
-            format!("no member answered ({})", errors.join("; ")),
         ))
     }
 }
@@ -751,16 +622,17 @@ impl DocumentStore for ReplicatedDocumentStore {
     async fn get(&self, collection: &str, id: &str) -> Result<Option<Document>> {
         self.check_collection(collection)?;
         validate::document_id(BACKEND, id)?;
-        self.read_from_any(|_, m| async move {
-            let doc = m
-                .call(|s| async move { s.get(collection, id).await })
-                .await?;
-            match doc {
-                None => Ok(None),
-                Some(doc) => unwrap_document(&m.name, doc),
-            }
-        })
-        .await
+        self.inner
+            .read_from_any(BACKEND, |_, m| async move {
+                let doc = m
+                    .call(|s| async move { s.get(collection, id).await })
+                    .await?;
+                match doc {
+                    None => Ok(None),
+                    Some(doc) => unwrap_document(&m.name, doc),
+                }
+            })
+            .await
     }
 
     async fn get_many(&self, collection: &str, ids: &[String]) -> Result<Vec<Option<Document>>> {
@@ -768,18 +640,19 @@ impl DocumentStore for ReplicatedDocumentStore {
         for id in ids {
             validate::document_id(BACKEND, id)?;
         }
-        self.read_from_any(|_, m| async move {
-            let docs = m
-                .call(|s| async move { s.get_many(collection, ids).await })
-                .await?;
-            docs.into_iter()
-                .map(|d| match d {
-                    None => Ok(None),
-                    Some(d) => unwrap_document(&m.name, d),
-                })
-                .collect()
-        })
-        .await
+        self.inner
+            .read_from_any(BACKEND, |_, m| async move {
+                let docs = m
+                    .call(|s| async move { s.get_many(collection, ids).await })
+                    .await?;
+                docs.into_iter()
+                    .map(|d| match d {
+                        None => Ok(None),
+                        Some(d) => unwrap_document(&m.name, d),
+                    })
+                    .collect()
+            })
+            .await
     }
 
     async fn put(
@@ -845,12 +718,12 @@ impl DocumentStore for ReplicatedDocumentStore {
         // One decider for the whole batch: the first key's home, else the first member that
         // answered every read.
         let (c0, id0) = &keys[0];
-        let order = self.decision_order(c0, id0);
+        let order = self.inner.decision_order(c0, id0);
         let decider = order
             .iter()
             .copied()
             .find(|&i| reads.values().all(|r| r[i].is_ok()))
-            .ok_or_else(|| self.none_reachable(&reads[&keys[0]]))?;
+            .ok_or_else(|| self.inner.none_reachable(BACKEND, &reads[&keys[0]]))?;
         // Apply the ops in order to the decider's view, checking each condition.
         let mut view: BTreeMap<(String, String), Option<Envelope>> = keys
             .iter()
@@ -987,20 +860,9 @@ impl DocumentStore for ReplicatedDocumentStore {
         if !caps.query {
             return Err(Error::unsupported(BACKEND, "query"));
         }
-        let (pinned, member_cursor) = match &query.cursor {
-            None => (None, None),
-            Some(c) => {
-                let (index, rest) = c
-                    .strip_prefix(CURSOR_PREFIX)
-                    .and_then(|r| r.split_once(':'))
-                    .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest)))
-                    .filter(|(i, _)| *i < self.inner.members.len())
-                    .ok_or_else(|| {
-                        Error::invalid(BACKEND, "the query cursor was not issued by this store")
-                    })?;
-                (Some(index), Some(rest.to_string()))
-            }
-        };
+        let (pinned, member_cursor) =
+            self.inner
+                .unpin_cursor(BACKEND, CURSOR_PREFIX, query.cursor.as_deref())?;
         let mut filters: Vec<Filter> = Vec::with_capacity(query.filters.len() + 1);
         for f in &query.filters {
             cloud_abstraction::database::validate_field_path(BACKEND, &f.field)?;
@@ -1047,7 +909,7 @@ impl DocumentStore for ReplicatedDocumentStore {
         match pinned {
             // A cursor belongs to the member that issued it: pages of one query stay on it.
             Some(i) => run(i).await,
-            None => self.read_from_any(|i, _| run(i)).await,
+            None => self.inner.read_from_any(BACKEND, |i, _| run(i)).await,
         }
     }
 }
@@ -1078,40 +940,11 @@ impl ReplicatedDocumentStore {
             .max_document_size
             .map(|m| m.saturating_sub(ENVELOPE_OVERHEAD));
         let location = members[0].1.info().location;
-        let members = members
-            .into_iter()
-            .zip(caps)
-            .map(|((name, store, breaker), caps)| DocMember {
-                name,
-                store,
-                breaker,
-                behind: AtomicBool::new(false),
-                transactions: caps.transactions,
-            })
-            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
-                members,
-                clock: HybridClock::new(origin),
-                config,
-                conflicts: ConflictSink::default(),
+                replicas: Replicas::new(members, origin, config, location),
                 capabilities,
-                location,
-                replay_wanted: Arc::new(Notify::new()),
-                hints_written: AtomicU64::new(0),
-                hints_replayed: AtomicU64::new(0),
-                probes: std::sync::Mutex::new(Vec::new()),
             }),
         })
-    }
-
-    /// Registers a callback for every conflict (see [`Conflict`]).
-    pub fn on_conflict(&self, callback: impl Fn(&Conflict) + Send + Sync + 'static) {
-        self.inner.conflicts.subscribe(callback);
-    }
-
-    /// Conflicts reported so far by this handle.
-    pub fn conflict_count(&self) -> u64 {
-        self.inner.conflicts.count()
     }
 }

@@ -22,7 +22,6 @@ use cloud_abstraction::database::{
 use cloud_abstraction::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const PAGE: usize = 200;
@@ -76,7 +75,7 @@ pub(crate) fn put_op(collection: &str, hint: &Hint) -> WriteOp {
 /// Records hint writes on `holder`: one batch where the member has transactions (so a crash
 /// never leaves half of them), else one by one.
 pub(crate) async fn record(holder: &DocMember, ops: Vec<WriteOp>) -> Result<()> {
-    if holder.transactions && ops.len() > 1 {
+    if holder.transactions() && ops.len() > 1 {
         return holder
             .call(|s| async move { s.write_batch(ops).await.map(|_| ()) })
             .await;
@@ -130,40 +129,7 @@ pub(crate) async fn count_for(
         .map(|p| p.documents.len())
 }
 
-/// One replay pass over every member whose breaker admits calls.
-pub(crate) async fn replay(inner: &Inner) -> ReplayReport {
-    let mut report = ReplayReport::default();
-    for target in &inner.members {
-        if !target.admits() {
-            if target.behind.load(Ordering::Acquire) {
-                report.pending.push(target.name.clone());
-            }
-            continue;
-        }
-        let mut remaining = false;
-        for holder in inner.members.iter().filter(|h| h.name != target.name) {
-            if !holder.admits() {
-                remaining = true;
-                continue;
-            }
-            if replay_from(inner, holder, target, &mut report)
-                .await
-                .is_err()
-            {
-                remaining = true;
-            }
-        }
-        if remaining {
-            report.pending.push(target.name.clone());
-        } else if target.behind.swap(false, Ordering::AcqRel) {
-            tracing::info!(member = %target.name, "hint backlog drained; member serves reads again");
-            report.drained.push(target.name.clone());
-        }
-    }
-    report
-}
-
-async fn replay_from(
+pub(crate) async fn replay_from(
     inner: &Inner,
     holder: &DocMember,
     target: &DocMember,
@@ -206,8 +172,8 @@ async fn replay_from(
                     )
                     .await?
                     {
-                        super::documents::Applied::Written => report.copied += 1,
-                        super::documents::Applied::AlreadyNewer => report.already_current += 1,
+                        super::Applied::Written => report.copied += 1,
+                        super::Applied::AlreadyNewer => report.already_current += 1,
                     }
                 }
             }
@@ -223,9 +189,7 @@ async fn replay_from(
             match deleted {
                 Ok(_) => {
                     progressed = true;
-                    inner.hints_replayed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("replication_hints_replayed_total", "member" => target.name.clone())
-                        .increment(1);
+                    inner.count_hint_replayed(&target.name);
                 }
                 Err(e) if e.kind() == cloud_abstraction::ErrorKind::PreconditionFailed => {}
                 Err(e) => return Err(e),

@@ -9,7 +9,8 @@
 //! deleted document never comes back through repair. What it did is returned as a
 //! [`RepairReport`] with a cursor to resume from.
 
-use super::documents::{Applied, Inner, MemberState, apply_if_newer};
+use super::Applied;
+use super::documents::{Inner, MemberState, apply_if_newer};
 use cloud_abstraction::database::{Direction, Filter, Query};
 use cloud_abstraction::{Error, Result};
 use futures::future::join_all;
@@ -34,8 +35,40 @@ pub struct RepairReport {
     pub tombstones_copied: u64,
     /// Ids whose copy to some member failed (that member unreachable): run again.
     pub failed: u64,
+    /// Tombstones older than the grace period removed from every member (blobs; document
+    /// tombstones expire through the members' TTL).
+    pub tombstones_purged: u64,
     /// `Some` when the pass stopped at `max_documents`: call again with it.
     pub next: Option<RepairCursor>,
+}
+
+impl RepairReport {
+    /// Adds `other`'s counts to this report (its cursor is not kept).
+    pub fn add(&mut self, other: &RepairReport) {
+        self.compared += other.compared;
+        self.copied += other.copied;
+        self.tombstones_copied += other.tombstones_copied;
+        self.failed += other.failed;
+        self.tombstones_purged += other.tombstones_purged;
+    }
+
+    /// Runs `pass` from the start until it reports no cursor, adding up the reports.
+    pub(crate) async fn run_to_end<F, Fut>(mut pass: F) -> cloud_abstraction::Result<Self>
+    where
+        F: FnMut(RepairCursor) -> Fut,
+        Fut: std::future::Future<Output = cloud_abstraction::Result<RepairReport>>,
+    {
+        let mut total = RepairReport::default();
+        let mut cursor = RepairCursor::default();
+        loop {
+            let r = pass(cursor).await?;
+            total.add(&r);
+            match r.next {
+                Some(next) => cursor = next,
+                None => return Ok(total),
+            }
+        }
+    }
 }
 
 /// One repair pass over `collection`, from `from`, comparing at most `max_documents` ids.
