@@ -314,7 +314,7 @@ fn main() {
                     .then(|| (usec, format!("{name} {calls} calls {usec} us")))
             })
             .collect();
-        lines.sort_by(|x, y| y.0.cmp(&x.0));
+        lines.sort_by_key(|l| std::cmp::Reverse(l.0));
         println!(
             "  server time, one {side} round: {}",
             lines
