@@ -330,7 +330,12 @@ async fn new_entries_read_past_the_maximum_are_given_back() {
         for m in &rest {
             q.ack("back", "g", &m.receipt).await.unwrap();
         }
-        assert!(q.receive("back", "g", opts(10, 0)).await.unwrap().is_empty());
+        assert!(
+            q.receive("back", "g", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         q.delete_topic("back").await.unwrap();
     })
     .await;
