@@ -13,7 +13,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use benches::queue::{fresh_topic, publish_receive_ack};
+use benches::queue::{Side, fresh_topic, publish_receive_ack};
 use cloud_abstraction::MessageQueue;
 use criterion::{Criterion, Throughput};
 use futures::StreamExt;
@@ -90,7 +90,11 @@ fn main() {
     let client = rt
         .block_on(async_nats::connect(&url))
         .expect("native connect");
-    let js = jetstream::new(client);
+    // The context spawns its acker task: it must be made inside the runtime.
+    let js = {
+        let _runtime = rt.enter();
+        jetstream::new(client)
+    };
     let subject = adapter.subject(&native_topic);
     let consumer: PullConsumer = rt
         .block_on(async {
@@ -138,37 +142,41 @@ fn main() {
     }
     c.final_summary();
 
-    // The ratio: alternating rounds, each order equally often.
+    // The ratio: alternating rounds, each order equally often. CPU from /proc: this
+    // process's and the server's.
     let rounds = 30;
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let server_cpu = || benches::queue::process_cpu_time("nats-server");
+    let (mut ours, mut theirs) = (Side::default(), Side::default());
     rt.block_on(async {
         for round in 0..rounds {
             let adapter_first = round % 2 == 0;
             if adapter_first {
-                ours.push(
-                    publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY).await,
-                );
+                ours.round(
+                    &server_cpu,
+                    publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY),
+                )
+                .await;
             }
-            theirs.push(native_publish_receive_ack(&js, &subject, &consumer).await);
+            theirs
+                .round(
+                    &server_cpu,
+                    native_publish_receive_ack(&js, &subject, &consumer),
+                )
+                .await;
             if !adapter_first {
-                ours.push(
-                    publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY).await,
-                );
+                ours.round(
+                    &server_cpu,
+                    publish_receive_ack(&adapter, &topic, &group, MESSAGES, BATCH, BODY),
+                )
+                .await;
             }
         }
     });
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let (a, n) = (median(&mut ours), median(&mut theirs));
-    let rate = |d: Duration| MESSAGES as f64 / d.as_secs_f64();
-    println!(
-        "nats alternating, {rounds} rounds of {MESSAGES} messages: adapter {:.0} msg/s ({a:?}), \
-         native {:.0} msg/s ({n:?}), adapter/native throughput = {:.2}",
-        rate(a),
-        rate(n),
-        rate(a) / rate(n)
+    benches::queue::report(
+        &format!("nats (batch {BATCH}, {BODY} B)"),
+        MESSAGES,
+        &ours,
+        &theirs,
     );
     rt.block_on(async {
         let _ = adapter.delete_topic(&topic).await;

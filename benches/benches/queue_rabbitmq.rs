@@ -11,6 +11,7 @@
 //! default `amqp://guest:guest@127.0.0.1:5672/%2f`; without a server the bench says so and
 //! exits. It deletes its topic at the end.
 
+use benches::queue::Side;
 use cloud_abstraction::MessageQueue;
 use criterion::Criterion;
 use futures::StreamExt;
@@ -19,7 +20,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use paas_components::queue::RabbitMqQueue;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,59 @@ const MESSAGES: usize = 1000;
 const BATCH: usize = 32;
 const BODY: usize = 256;
 const PREFETCH: u16 = 32;
+
+/// The adapter's work done with plain lapin: returns the wall time of one round.
+async fn native_round(
+    publisher: &Channel,
+    ch: &Channel,
+    consumer: &mut Consumer,
+    exchange: &str,
+    body: &[u8],
+) -> Duration {
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < MESSAGES {
+        let n = BATCH.min(MESSAGES - sent);
+        let mut confirms = Vec::with_capacity(n);
+        for _ in 0..n {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(uuid::Uuid::new_v4().simple().to_string().into());
+            confirms.push(
+                publisher
+                    .basic_publish(
+                        exchange.into(),
+                        "".into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        properties,
+                    )
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for confirm in confirms {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+        sent += n;
+    }
+    let mut received = 0;
+    while received < MESSAGES {
+        let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("delivery in time")
+            .expect("consumer open")
+            .expect("delivery");
+        ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
+            .await
+            .expect("ack");
+        ch.basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+            .expect("ack confirmation");
+        received += 1;
+    }
+    start.elapsed()
+}
 
 fn main() {
     let url = std::env::var("RABBITMQ_BENCH_URL")
@@ -88,7 +142,7 @@ fn main() {
         .configure_from_args();
     {
         let mut g = c.benchmark_group("rabbitmq_publish_receive_ack_1000");
-        for round in 1..=2 {
+        for round in 1..=1 {
             g.bench_function(format!("adapter/{round}"), |b| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let (adapter, topic, group) = (&adapter, &topic, &group);
@@ -112,52 +166,8 @@ fn main() {
                         let mut consumer = consumer.lock().await;
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
-                            let start = Instant::now();
-                            let mut sent = 0;
-                            while sent < MESSAGES {
-                                let n = BATCH.min(MESSAGES - sent);
-                                let mut confirms = Vec::with_capacity(n);
-                                for _ in 0..n {
-                                    let properties = BasicProperties::default()
-                                        .with_delivery_mode(2)
-                                        .with_message_id(
-                                            uuid::Uuid::new_v4().simple().to_string().into(),
-                                        );
-                                    confirms.push(
-                                        publisher
-                                            .basic_publish(
-                                                exchange.as_str().into(),
-                                                "".into(),
-                                                BasicPublishOptions::default(),
-                                                body,
-                                                properties,
-                                            )
-                                            .await
-                                            .expect("publish"),
-                                    );
-                                }
-                                for confirm in confirms {
-                                    assert!(confirm.await.expect("confirm").is_ack());
-                                }
-                                sent += n;
-                            }
-                            let mut received = 0;
-                            while received < MESSAGES {
-                                let d =
-                                    tokio::time::timeout(Duration::from_secs(30), consumer.next())
-                                        .await
-                                        .expect("delivery in time")
-                                        .expect("consumer open")
-                                        .expect("delivery");
-                                ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
-                                    .await
-                                    .expect("ack");
-                                ch.basic_qos(PREFETCH, BasicQosOptions::default())
-                                    .await
-                                    .expect("ack confirmation");
-                                received += 1;
-                            }
-                            total += start.elapsed();
+                            total +=
+                                native_round(publisher, ch, &mut consumer, exchange, body).await;
                         }
                         total
                     }
@@ -166,6 +176,52 @@ fn main() {
         }
         g.finish();
     }
-    rt.block_on(adapter.delete_topic(&topic)).expect("cleanup");
     c.final_summary();
+
+    // Alternating rounds (the order swapped every round): the figure to quote. CPU from
+    // /proc: this process's, and the broker's (the Erlang VM, `beam.smp`).
+    let rounds = 16;
+    let broker_cpu = || benches::queue::process_cpu_time("beam.smp");
+    let (mut a, mut n) = (Side::default(), Side::default());
+    rt.block_on(async {
+        let mut consumer = consumer.lock().await;
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                a.round(
+                    &broker_cpu,
+                    benches::queue::publish_receive_ack(
+                        &adapter, &topic, &group, MESSAGES, BATCH, BODY,
+                    ),
+                )
+                .await;
+            }
+            n.round(
+                &broker_cpu,
+                native_round(
+                    &publisher,
+                    &consume_channel,
+                    &mut consumer,
+                    &exchange,
+                    &body,
+                ),
+            )
+            .await;
+            if round % 2 == 1 {
+                a.round(
+                    &broker_cpu,
+                    benches::queue::publish_receive_ack(
+                        &adapter, &topic, &group, MESSAGES, BATCH, BODY,
+                    ),
+                )
+                .await;
+            }
+        }
+    });
+    benches::queue::report(
+        &format!("rabbitmq (batch {BATCH}, prefetch {PREFETCH}, {BODY} B)"),
+        MESSAGES,
+        &a,
+        &n,
+    );
+    rt.block_on(adapter.delete_topic(&topic)).expect("cleanup");
 }

@@ -6,17 +6,28 @@
 //! Ratio = native time / adapter time, i.e. adapter throughput relative to native (target
 //! >= 0.9).
 //!
-//! Criterion measures both, then an explicit loop alternates adapter and native rounds and
-//! prints the ratio of the median round times. The server URL is `REDIS_BENCH_URL`, else
-//! `REDIS_TEST_URL`, else the SERVICES.md default `redis://127.0.0.1:6379/0`; without a
-//! server the bench says so and exits. Everything lives under a namespace of its own, deleted
-//! at the end.
+//! What each side guarantees: the plain native side acknowledges with a bare `XACK`, which
+//! would also settle a *later* delivery of the same entry (a stale receipt); the adapter's
+//! ack checks the delivery count first, atomically (a script). A third side, native with
+//! that check-and-ack script instead of `XACK` ([`CHECKED_ACK`]), is the native client
+//! with the adapter's ack guarantee; both ratios are printed. (The adapter's receive also
+//! claims expired leases and trims acknowledged entries, which neither native side does.)
+//!
+//! Criterion measures adapter and plain native, then an explicit loop alternates the three
+//! (the adapter's place swapped every round) and prints median round times, throughput and
+//! CPU per message: this process's and the server's (`INFO cpu`); then the
+//! server's time per command (`INFO commandstats`) for one round of each side. The server URL
+//! is `REDIS_BENCH_URL`, else `REDIS_TEST_URL`, else the SERVICES.md default
+//! `redis://127.0.0.1:6379/0`; without a server the bench says so and exits. Everything lives
+//! under a namespace of its own, deleted at the end.
 
+use benches::queue::Side;
 use cloud_abstraction::MessageQueue;
 use criterion::{Criterion, Throughput};
 use paas_components::queue::RedisStreamsQueue;
 use redis::Value;
 use redis::aio::ConnectionManager;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379/0";
@@ -131,11 +142,6 @@ fn entries(reply: Value) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn main() {
     let url = std::env::var("REDIS_BENCH_URL")
         .or_else(|_| std::env::var("REDIS_TEST_URL"))
@@ -207,34 +213,117 @@ fn main() {
     }
     c.final_summary();
 
-    // Alternating rounds, so both sides see the same machine load.
+    // Alternating rounds (the order swapped every round), so both sides see the same machine
+    // load; this process's CPU from /proc, the server's by `INFO cpu` on a connection of its own.
     let rounds = 15;
+    let info = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .ok()
+        .map(std::cell::RefCell::new);
+    let server_cpu = || -> Option<Duration> {
+        let text: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query(&mut *info.as_ref()?.borrow_mut())
+            .ok()?;
+        let field = |name: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(Duration::from_secs_f64(
+            field("used_cpu_user")? + field("used_cpu_sys")?,
+        ))
+    };
     let checked = redis::Script::new(CHECKED_ACK);
-    let (mut a, mut n, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut n, mut s) = (Side::default(), Side::default(), Side::default());
     rt.block_on(async {
-        for _ in 0..rounds {
-            a.push(adapter_round().await);
-            n.push(native_round(&mut native, &native_key, native_group, None).await);
-            s.push(native_round(&mut native, &native_key, native_group, Some(&checked)).await);
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                a.round(&server_cpu, adapter_round()).await;
+            }
+            n.round(
+                &server_cpu,
+                native_round(&mut native, &native_key, native_group, None),
+            )
+            .await;
+            if round % 2 == 1 {
+                a.round(&server_cpu, adapter_round()).await;
+            }
+            s.round(
+                &server_cpu,
+                native_round(&mut native, &native_key, native_group, Some(&checked)),
+            )
+            .await;
         }
     });
-    let (a, n, s) = (median(a), median(n), median(s));
-    let per_s = |d: Duration| MESSAGES as f64 / d.as_secs_f64();
-    println!(
-        "redis_streams alternating, {rounds} rounds of {MESSAGES} messages (batch {BATCH}, \
-         {BODY} B): adapter median {a:?} ({:.0} msg/s), native median {n:?} ({:.0} msg/s), \
-         ratio native/adapter = {:.3}",
-        per_s(a),
-        per_s(n),
-        n.as_secs_f64() / a.as_secs_f64()
+    benches::queue::report(
+        &format!("redis_streams (batch {BATCH}, {BODY} B), native with plain XACK"),
+        MESSAGES,
+        &a,
+        &n,
     );
-    println!(
-        "diagnostic: native with the adapter's check-and-ack script instead of XACK: median \
-         {s:?} ({:.0} msg/s), ratio native/that = {:.3}; adapter vs that = {:.3}",
-        per_s(s),
-        n.as_secs_f64() / s.as_secs_f64(),
-        s.as_secs_f64() / a.as_secs_f64()
+    benches::queue::report(
+        &format!("redis_streams (batch {BATCH}, {BODY} B), native with the check-and-ack script"),
+        MESSAGES,
+        &a,
+        &s,
     );
+
+    // Where the server's time goes: `INFO commandstats` around one round of each side
+    // (the commands a script runs are counted under their own names too, and are included in
+    // `evalsha`'s time). Other clients of the server add to these figures.
+    let commandstats = || -> BTreeMap<String, (u64, u64)> {
+        let Some(info) = info.as_ref() else {
+            return BTreeMap::new();
+        };
+        let text: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut *info.borrow_mut())
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let num = |key: &str| -> Option<u64> {
+                    rest.split(',')
+                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                        .parse()
+                        .ok()
+                };
+                Some((name.to_string(), (num("calls")?, num("usec")?)))
+            })
+            .collect()
+    };
+    for side in ["adapter", "native"] {
+        let before = commandstats();
+        rt.block_on(async {
+            if side == "adapter" {
+                adapter_round().await;
+            } else {
+                native_round(&mut native, &native_key, native_group, None).await;
+            }
+        });
+        let after = commandstats();
+        let mut lines: Vec<(u64, String)> = after
+            .iter()
+            .filter_map(|(name, (calls, usec))| {
+                let (c0, u0) = before.get(name).copied().unwrap_or_default();
+                let (calls, usec) = (calls.saturating_sub(c0), usec.saturating_sub(u0));
+                (calls > 0 && name != "info")
+                    .then(|| (usec, format!("{name} {calls} calls {usec} us")))
+            })
+            .collect();
+        lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+        println!(
+            "  server time, one {side} round: {}",
+            lines
+                .into_iter()
+                .map(|l| l.1)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
 
     rt.block_on(async {
         let _ = adapter.delete_topic(&topic).await;

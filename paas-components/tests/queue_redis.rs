@@ -274,6 +274,73 @@ async fn trimming_never_drops_pending_entries() {
     .await;
 }
 
+/// A receive is the housekeeping script with a plain `XREADGROUP` pipelined behind it, which
+/// asks for the receive's maximum whatever the script claims: when expired leases and new
+/// entries together exceed it, the new ones past it are given back, and come again as first
+/// attempts (not lost, not counted as delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_entries_read_past_the_maximum_are_given_back() {
+    let Some(url) = url().await else { return };
+    let u = url.clone();
+    in_namespace(&url, |ns| async move {
+        let q = RedisStreamsQueue::connect(&with_prefix(&u, &ns))
+            .await
+            .unwrap();
+        q.create_topic("back").await.unwrap();
+        let short = GroupOptions {
+            ack_deadline: Duration::from_secs(1),
+            ..GroupOptions::default()
+        };
+        q.create_group("back", "g", short).await.unwrap();
+        for name in ["m0", "m1", "m2"] {
+            q.publish("back", Message::new(name)).await.unwrap();
+        }
+        let first = q.receive("back", "g", opts(2, 500)).await.unwrap();
+        assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["m0", "m1"]);
+        // Their leases run out; two more are published.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for name in ["n0", "n1"] {
+            q.publish("back", Message::new(name)).await.unwrap();
+        }
+        // The two expired come first, as second attempts; m2 and n0, read in the same look,
+        // are given back.
+        let again = q.receive("back", "g", opts(2, 0)).await.unwrap();
+        assert_eq!(again.iter().map(body).collect::<Vec<_>>(), ["m0", "m1"]);
+        assert!(again.iter().all(|m| m.attempt == 2), "{again:?}");
+        // The old receipts of m0 and m1 are stale, not applied to the new deliveries.
+        for m in &first {
+            assert_eq!(
+                q.ack("back", "g", &m.receipt).await.unwrap_err().kind(),
+                ErrorKind::PreconditionFailed
+            );
+        }
+        for m in &again {
+            q.ack("back", "g", &m.receipt).await.unwrap();
+        }
+        let mut rest = Vec::new();
+        while rest.len() < 3 {
+            let got = q.receive("back", "g", opts(10, 500)).await.unwrap();
+            assert!(!got.is_empty(), "only {rest:?} came back");
+            rest.extend(got);
+        }
+        let mut names: Vec<String> = rest.iter().map(body).collect();
+        names.sort();
+        assert_eq!(names, ["m2", "n0", "n1"]);
+        assert!(rest.iter().all(|m| m.attempt == 1), "{rest:?}");
+        for m in &rest {
+            q.ack("back", "g", &m.receipt).await.unwrap();
+        }
+        assert!(
+            q.receive("back", "g", opts(10, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        q.delete_topic("back").await.unwrap();
+    })
+    .await;
+}
+
 /// Calls while the proxy is cut must fail with a retryable kind, within a bound.
 async fn assert_fails_retryably<T: std::fmt::Debug>(
     what: &str,

@@ -47,12 +47,26 @@
 //!   age would drop entries still pending for a slow group: they would be lost (`XAUTOCLAIM`
 //!   reports deleted entries and drops them from the PEL). A topic without groups keeps
 //!   nothing.
-//! - **Scripts.** Publishing (with de-duplication), receiving, ack, nack / extend and the
-//!   group calls are Lua scripts (`EVALSHA`): each checks and writes in one atomic step on
-//!   the server, with the server's clock, so handles on several machines agree. A batch is
-//!   published by one script: all of it or nothing. The dead-letter topic's stream key is
-//!   built inside the scripts from the group's options; it carries the same hash tag, so it
-//!   is in the same slot.
+//! - **Scripts.** Publishing with de-duplication, the receive's housekeeping (expired
+//!   leases, holds, dead-lettering, the trim), ack, nack / extend and the group calls are Lua
+//!   scripts (`EVALSHA`): each checks and writes in one atomic step on the server, with the
+//!   server's clock, so handles on several machines agree. The dead-letter topic's stream key
+//!   is built inside the scripts from the group's options; it carries the same hash tag, so
+//!   it is in the same slot.
+//! - **The hot path without Lua where Lua adds nothing.** Message bodies do not pass through
+//!   Lua: converting a batch to Lua tables and back cost the server more than the stream
+//!   commands themselves (measured: `benches/README.md`, Redis Streams queue). A batch
+//!   without message ids (nothing to de-duplicate) is `XADD NOMKSTREAM` per message in one
+//!   `MULTI`/`EXEC`: all of it or nothing, and nothing on a missing topic. A receive is one
+//!   round trip: the housekeeping script, then, pipelined behind it, a plain `XREADGROUP >`
+//!   for new entries. The read asks for the receive's maximum whatever the script claims
+//!   (a pipeline cannot wait for the script's answer); in the rare look where expired leases
+//!   were claimed too and the two together exceed the maximum, the surplus new entries are
+//!   given back (`XCLAIM … IDLE <deadline> RETRYCOUNT 0`: claimable at once, as a first
+//!   attempt). A give-back lost with the connection delays those entries by one ack
+//!   deadline and counts one attempt too many; nothing is lost. The ack stays a script: the
+//!   stale-receipt check (`XPENDING` of the entry) and the `XACK` must be one step, and no
+//!   Redis command acknowledges conditionally.
 //! - **Long polling.** A receive that finds nothing waits in `XREADGROUP … BLOCK` on a
 //!   connection of its own (a blocked command holds its connection, and the shared
 //!   connection's response timeout is shorter than a wait), in steps of at most 250 ms,
@@ -280,6 +294,33 @@ fn message_of(id: &Value, count: i64, fields: &Value) -> Result<ReceivedMessage>
     })
 }
 
+/// The entries of an `XREADGROUP … >` reply (`[[stream, [[id, fields]...]]]`, a map in RESP3,
+/// or nil when there were none), each a first delivery.
+fn read_entries(reply: &Value) -> Result<Vec<ReceivedMessage>> {
+    let entries = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => match streams.first() {
+            Some(Value::Array(stream)) if stream.len() == 2 => &stream[1],
+            _ => return Err(bad_reply("receive")),
+        },
+        Value::Map(streams) => match streams.first() {
+            Some((_, entries)) => entries,
+            None => return Err(bad_reply("receive")),
+        },
+        _ => return Err(bad_reply("receive")),
+    };
+    let Value::Array(entries) = entries else {
+        return Err(bad_reply("receive"));
+    };
+    entries
+        .iter()
+        .map(|e| match e {
+            Value::Array(parts) if parts.len() == 2 => message_of(&parts[0], 1, &parts[1]),
+            _ => Err(bad_reply("receive")),
+        })
+        .collect()
+}
+
 impl RedisStreamsQueue {
     /// Connects to `url` (`redis://[user:password@]host:port/db`, or `rediss://…` for TLS).
     /// The query parameter `prefix` sets the key namespace (default `mq`); `ca_file`,
@@ -365,37 +406,220 @@ impl RedisStreamsQueue {
         .await
     }
 
-    /// One look: expired leases, then new entries (the receive script).
+    /// Publishes a batch without message ids (nothing to de-duplicate) without the publish
+    /// script: `XADD NOMKSTREAM` per message and `HLEN` of the groups in one `MULTI`/`EXEC`,
+    /// so the batch is still all or nothing and a missing topic adds nothing (every `XADD`
+    /// answers nil). A topic without groups keeps nothing: then the entries just added, and
+    /// any before them, are trimmed (`XTRIM MINID` past the last one); a group created since
+    /// starts after them (`$`), so none of it can see them.
+    async fn publish_plain(&self, topic: &str, messages: &[Message]) -> Result<Vec<String>> {
+        let stream = self.key('s', topic);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for m in messages {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&stream)
+                .arg("NOMKSTREAM")
+                .arg("*")
+                .arg("b")
+                .arg(m.body.as_ref());
+            for (name, value) in &m.attributes {
+                cmd.arg(format!("a:{name}")).arg(value.as_str());
+            }
+        }
+        pipe.cmd("HLEN").arg(self.key('g', topic));
+        let mut conn = self.conn.clone();
+        let mut replies: Vec<Value> = bounded(
+            BACKEND,
+            self.timeout,
+            "publish",
+            pipe.query_async(&mut conn),
+        )
+        .await?;
+        let groups = replies.pop().as_ref().and_then(int);
+        if replies.len() != messages.len() || groups.is_none() {
+            return Err(bad_reply("publish"));
+        }
+        let ids = replies
+            .iter()
+            .map(|v| match v {
+                Value::Nil => Ok(None),
+                v => text(v)
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .map(|t| Some(t.to_string()))
+                    .ok_or_else(|| bad_reply("publish")),
+            })
+            .collect::<Result<Option<Vec<String>>>>()?
+            .ok_or_else(|| topic_not_found(topic))?;
+        if groups == Some(0) {
+            // Past the last id added: `<ms>-<seq + 1>`.
+            let past = ids
+                .last()
+                .and_then(|id| id.split_once('-'))
+                .and_then(|(ms, seq)| {
+                    Some(format!("{ms}-{}", seq.parse::<u64>().ok()?.checked_add(1)?))
+                })
+                .ok_or_else(|| bad_reply("publish"))?;
+            // The publish is done either way: what a failed trim leaves, no group can see, and
+            // the next trim (any publish without groups, any receive) removes it.
+            if let Err(e) = bounded::<i64>(
+                BACKEND,
+                self.timeout,
+                "publish",
+                redis::cmd("XTRIM")
+                    .arg(&stream)
+                    .arg("MINID")
+                    .arg(past)
+                    .query_async(&mut conn),
+            )
+            .await
+            {
+                debug!(topic, error = %e, "trimming a topic without groups failed");
+            }
+        }
+        Ok(ids)
+    }
+
+    /// One look, in one round trip: the receive script (expired leases, the trim) and, in
+    /// the same pipeline, `XREADGROUP >` for new entries, as a plain command (see
+    /// `scripts::RECEIVE` for why). The read asks for `max` whatever the script claims, since
+    /// the pipeline cannot wait for the script's answer; when both together found more than
+    /// `max`, the new entries past `max` are given back (see [`Self::give_back`]).
     async fn claim(&self, topic: &str, group: &str, max: usize) -> Result<Vec<ReceivedMessage>> {
-        let mut inv = self.scripts.receive.prepare_invoke();
-        inv.key(self.key('s', topic))
-            .key(self.key('g', topic))
-            .key(self.key('c', topic))
-            .key(self.key('h', topic))
+        let stream = self.key('s', topic);
+        let script = &self.scripts.receive;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(4)
+            .arg(&stream)
+            .arg(self.key('g', topic))
+            .arg(self.key('c', topic))
+            .arg(self.key('h', topic))
             .arg(group)
             .arg(max)
             .arg(CONSUMER)
             .arg(self.stream_prefix());
-        let reply: Value = self.invoke("receive", &inv).await?;
-        let Value::Array(items) = reply else {
-            return Err(bad_reply("receive"));
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(CONSUMER)
+            .arg("COUNT")
+            .arg(max)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">");
+        let mut conn = self.conn.clone();
+        let (housekeeping, read): (redis::RedisResult<Value>, redis::RedisResult<Value>) = bounded(
+            BACKEND,
+            self.timeout,
+            "receive",
+            pipe.query_async(&mut conn),
+        )
+        .await?;
+        // New entries are the caller's whatever the script said: once read they are pending,
+        // and returning them is the only way not to strand them until their deadline.
+        let fresh = match read {
+            Ok(reply) => read_entries(&reply)?,
+            // The group (or the stream) is gone, or was never there: the script says which.
+            Err(e) if e.code() == Some("NOGROUP") => Vec::new(),
+            Err(e) => return Err(redis_conn::map_err(BACKEND, "receive", e)),
         };
-        match items.first().and_then(int) {
-            Some(0) => {}
-            Some(1) => return Err(topic_not_found(topic)),
-            Some(2) => return Err(group_not_found(topic, group)),
-            _ => return Err(bad_reply("receive")),
-        }
-        items[1..]
-            .iter()
-            .map(|item| match item {
-                Value::Array(parts) if parts.len() == 3 => {
-                    let count = int(&parts[1]).ok_or_else(|| bad_reply("receive"))?;
-                    message_of(&parts[0], count, &parts[2])
+        let (deadline, mut got) = match housekeeping {
+            Ok(Value::Array(items)) => {
+                match items.first().and_then(int) {
+                    Some(0) => {}
+                    Some(1) if fresh.is_empty() => return Err(topic_not_found(topic)),
+                    Some(2) if fresh.is_empty() => return Err(group_not_found(topic, group)),
+                    Some(1 | 2) => return Ok(fresh),
+                    _ => return Err(bad_reply("receive")),
                 }
-                _ => Err(bad_reply("receive")),
-            })
-            .collect()
+                let deadline = items
+                    .get(1)
+                    .and_then(int)
+                    .ok_or_else(|| bad_reply("receive"))?;
+                let claimed = items[2..]
+                    .iter()
+                    .map(|item| match item {
+                        Value::Array(parts) if parts.len() == 3 => {
+                            let count = int(&parts[1]).ok_or_else(|| bad_reply("receive"))?;
+                            message_of(&parts[0], count, &parts[2])
+                        }
+                        _ => Err(bad_reply("receive")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (deadline, claimed)
+            }
+            // The server lost its script cache (a restart, SCRIPT FLUSH): load it for the next
+            // look; this one had no housekeeping, and the new entries read are still returned.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let _ = bounded(
+                    BACKEND,
+                    self.timeout,
+                    "receive",
+                    script.prepare_invoke().load_async(&mut conn),
+                )
+                .await?;
+                return Ok(fresh);
+            }
+            Err(e) => {
+                if !fresh.is_empty() {
+                    // Rare (the script failed, the read did not): the new entries must not be
+                    // stranded; the next look does the housekeeping.
+                    debug!(
+                        topic,
+                        group, "receive script failed; returning the new entries"
+                    );
+                    return Ok(fresh);
+                }
+                return Err(redis_conn::map_err(BACKEND, "receive", e));
+            }
+            Ok(_) => return Err(bad_reply("receive")),
+        };
+        let room = max.saturating_sub(got.len());
+        if fresh.len() > room {
+            self.give_back(&stream, group, deadline, &fresh[room..])
+                .await;
+        }
+        got.extend(fresh.into_iter().take(room));
+        Ok(got)
+    }
+
+    /// Undoes the delivery of new entries read past a receive's `max` (only when expired
+    /// leases were claimed in the same look): their delivery count goes back to 0 and their
+    /// idle time to the ack deadline, so the next look claims them at once as a first
+    /// attempt. If this fails (a lost connection), they are delivered again after the ack
+    /// deadline, as a second attempt: one attempt is skipped, nothing is lost.
+    async fn give_back(
+        &self,
+        stream: &str,
+        group: &str,
+        deadline: i64,
+        entries: &[ReceivedMessage],
+    ) {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(stream).arg(group).arg(CONSUMER).arg(0);
+        for m in entries {
+            // The receipt of a new entry is `<entry id>:1`.
+            let entry = m
+                .receipt
+                .split_once(':')
+                .map_or(m.receipt.as_str(), |(e, _)| e);
+            cmd.arg(entry);
+        }
+        cmd.arg("IDLE")
+            .arg(deadline.max(0))
+            .arg("RETRYCOUNT")
+            .arg(0)
+            .arg("JUSTID");
+        let mut conn = self.conn.clone();
+        if let Err(e) =
+            bounded::<Value>(BACKEND, self.timeout, "receive", cmd.query_async(&mut conn)).await
+        {
+            debug!(error = %e, "giving back entries read past the receive's maximum failed");
+        }
     }
 
     /// A connection for a blocking read: an idle one, or a new one.
@@ -460,30 +684,7 @@ impl RedisStreamsQueue {
                 }
             };
         self.keep_blocking(conn);
-        // `[[stream, [[id, fields]...]]]`, or nil when the wait ran out.
-        let entries = match &reply {
-            Value::Nil => return Ok(Some(Vec::new())),
-            Value::Array(streams) => match streams.first() {
-                Some(Value::Array(stream)) if stream.len() == 2 => &stream[1],
-                _ => return Err(bad_reply("receive")),
-            },
-            Value::Map(streams) => match streams.first() {
-                Some((_, entries)) => entries,
-                None => return Err(bad_reply("receive")),
-            },
-            _ => return Err(bad_reply("receive")),
-        };
-        let Value::Array(entries) = entries else {
-            return Err(bad_reply("receive"));
-        };
-        entries
-            .iter()
-            .map(|e| match e {
-                Value::Array(parts) if parts.len() == 2 => message_of(&parts[0], 1, &parts[1]),
-                _ => Err(bad_reply("receive")),
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        read_entries(&reply).map(Some)
     }
 
     fn keep_blocking(&self, conn: MultiplexedConnection) {
@@ -677,6 +878,9 @@ impl MessageQueue for RedisStreamsQueue {
         async move {
             checks::topic(BACKEND, topic)?;
             checks::batch(BACKEND, &self.capabilities(), &messages)?;
+            if !messages.is_empty() && messages.iter().all(|m| m.id.is_none()) {
+                return self.publish_plain(topic, &messages).await;
+            }
             let mut inv = self.scripts.publish.prepare_invoke();
             inv.key(self.key('s', topic))
                 .key(self.key('u', topic))

@@ -168,14 +168,17 @@ return out
 );
 
 /// KEYS: stream, groups hash, cursors hash, holds. ARGV: group, count, consumer, stream key
-/// prefix (for the dead-letter topic). Returns `{0, {id, delivery count, fields}...}`, or
-/// `{1}` (no topic), `{2}` (no group).
+/// prefix (for the dead-letter topic). Returns `{0, ack deadline ms, {id, delivery count,
+/// fields}...}`, or `{1}` (no topic), `{2}` (no group).
 ///
-/// Expired leases first (XAUTOCLAIM from the group's cursor, min idle = the ack deadline):
-/// a claimed entry held by a nack delay or an extension that has not run out goes back with
-/// its delivery count and an idle time that makes it claimable when the hold ends (or after
-/// another deadline); one out of attempts is dead-lettered. Then new entries (XREADGROUP
-/// `>`). Then the trim.
+/// The housekeeping of a receive; the read of new entries (`XREADGROUP >`) is a plain command
+/// pipelined after it, so that new entries do not pass through Lua (converting a batch to Lua
+/// tables and back cost more server time than the read itself). Expired leases (XAUTOCLAIM
+/// from the group's cursor, min idle = the ack deadline): a claimed entry held by a nack delay
+/// or an extension that has not run out goes back with its delivery count and an idle time
+/// that makes it claimable when the hold ends (or after another deadline); one out of attempts
+/// is dead-lettered. Then the trim (before the read: what the read delivers becomes pending,
+/// so the trim never reaches it either way).
 const RECEIVE: &str = concat!(
     helpers!(),
     r#"
@@ -185,12 +188,11 @@ if not cfg then return {2} end
 local deadline, max, dlq = options(cfg)
 local now = now_ms()
 local want = tonumber(ARGV[2])
-local out = {0}
-local got = 0
+local out = {0, deadline}
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local cursor = redis.call('HGET', KEYS[3], ARGV[1]) or '0-0'
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[3], deadline, cursor, 'COUNT', want)
-redis.call('HSET', KEYS[3], ARGV[1], claimed[1])
+if claimed[1] ~= cursor then redis.call('HSET', KEYS[3], ARGV[1], claimed[1]) end
 for _, e in ipairs(claimed[2]) do
   local id, fields = e[1], e[2]
   local pending = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
@@ -206,15 +208,8 @@ for _, e in ipairs(claimed[2]) do
     if max > 0 and count > max then
       dead_letter(KEYS[1], ARGV[1], id, fields, dlq, ARGV[4], KEYS[4])
     else
-      got = got + 1
       out[#out + 1] = {id, count, fields}
     end
-  end
-end
-if got < want then
-  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[3], 'COUNT', want - got, 'STREAMS', KEYS[1], '>')
-  if r then
-    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]} end
   end
 end
 trim(KEYS[1])
