@@ -257,6 +257,47 @@ async fn a_delete_during_an_outage_never_comes_back() {
     );
 }
 
+/// A batch delete of a document its deciding member does not have, but another member does
+/// (a write that failed for its caller but landed there), leaves a tombstone everywhere:
+/// otherwise repair would copy that copy back and the deleted document would return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_delete_of_a_copy_only_another_member_holds_leaves_a_tombstone() {
+    use cloud_abstraction::database::{WriteOp, WriteOutcome};
+    let p = pair(false).await;
+    p.store
+        .put(
+            "cars",
+            "template",
+            json!({"x": 1}),
+            PutDocumentOptions::default(),
+        )
+        .await
+        .unwrap();
+    // Plant on B alone the envelope of a write to `ghost` that never reached A.
+    let mut envelope = raw(&p.b, "cars", "template").await.unwrap();
+    envelope["k"] = json!("ghost");
+    p.b.put("cars", "ghost", envelope, PutDocumentOptions::default())
+        .await
+        .unwrap();
+    assert!(raw(&p.a, "cars", "ghost").await.is_none());
+    let outcomes = p
+        .store
+        .write_batch(vec![WriteOp::Delete {
+            collection: "cars".into(),
+            id: "ghost".into(),
+            condition: WriteCondition::Any,
+        }])
+        .await
+        .unwrap();
+    // Decided by A, which had nothing: reported as nothing deleted, yet tombstoned.
+    assert_eq!(outcomes, vec![WriteOutcome::Deleted(false)]);
+    assert_eq!(raw(&p.a, "cars", "ghost").await.unwrap()["del"], true);
+    assert_eq!(raw(&p.b, "cars", "ghost").await.unwrap()["del"], true);
+    p.store.repair_all("cars").await.unwrap();
+    assert!(p.store.get("cars", "ghost").await.unwrap().is_none());
+    assert_eq!(dump(&p.a, "cars").await, dump(&p.b, "cars").await);
+}
+
 #[tokio::test]
 async fn two_creates_during_a_split_are_a_reported_conflict() {
     // Two processes, one in each cloud, each seeing only its own member during the split.

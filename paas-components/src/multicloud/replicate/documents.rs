@@ -756,8 +756,21 @@ impl DocumentStore for ReplicatedDocumentStore {
             check_condition(current.as_ref(), condition)?;
             let existed = current.as_ref().is_some_and(Envelope::live);
             if delete && !existed {
-                outcomes.push(WriteOutcome::Deleted(false));
-                continue;
+                // As in `write_one`: nothing to delete where the batch is decided, but a
+                // member that did not answer, or that holds a live copy (a write that failed
+                // for its caller but landed there), still gets a tombstone, or that copy
+                // would come back.
+                let unsure = !touched.contains(&key)
+                    && reads.get(&key).is_some_and(|per_member| {
+                        per_member.iter().any(|r| {
+                            r.as_ref()
+                                .map_or(true, |s| s.as_ref().is_some_and(|s| s.envelope.live()))
+                        })
+                    });
+                if !unsure {
+                    outcomes.push(WriteOutcome::Deleted(false));
+                    continue;
+                }
             }
             let n = current.as_ref().filter(|e| e.live()).map_or(1, |e| e.n + 1);
             view.insert(
@@ -780,7 +793,7 @@ impl DocumentStore for ReplicatedDocumentStore {
                 touched.push(key.clone());
             }
             outcomes.push(if delete {
-                WriteOutcome::Deleted(true)
+                WriteOutcome::Deleted(existed)
             } else {
                 WriteOutcome::Put(Revision(n))
             });
