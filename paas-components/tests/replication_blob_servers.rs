@@ -34,36 +34,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::jepsen::{self, Blobs, Target, Workload, breaker, duration, seed};
-use support::{TcpProxy, endpoint_addr, server_url, via_endpoint};
+use support::{TcpProxy, endpoint_addr, ensure_moto_bucket, server_url, via_endpoint};
 
 const MOTO_DEFAULT_URL: &str = "s3://test-bucket?endpoint=http://127.0.0.1:9010&region=us-east-1\
     &access_key_id=motoaccesskey&secret_access_key=motosecretkey&conditional_put=etag";
 const AZURE_DEFAULT_URL: &str =
     "azure://test-container?emulator=true&endpoint=http://127.0.0.1:10000/devstoreaccount1";
-
-/// moto keeps buckets in memory: make sure the test bucket exists (200 created, 409 there).
-async fn ensure_moto_bucket(url: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = endpoint_addr(url);
-    let bucket = url::Url::parse(url)
-        .unwrap()
-        .host_str()
-        .unwrap()
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let request = format!(
-        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let head = String::from_utf8_lossy(&response);
-    assert!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.1 409"),
-        "creating bucket {bucket} on moto: {}",
-        head.lines().next().unwrap_or_default()
-    );
-}
 
 struct Cloud {
     name: String,
@@ -154,21 +130,6 @@ async fn drained(store: &ReplicatedBlobStore) -> Duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     started.elapsed()
-}
-
-/// The user-visible state of a member dump: live objects' JSON values by key number.
-fn live_state(dump: &[jepsen::BlobEntry], prefix: &str) -> HashMap<usize, Value> {
-    dump.iter()
-        .filter(|(_, md, _, _)| {
-            !ReplicationMeta::from_metadata(md)
-                .expect("replicated")
-                .deleted
-        })
-        .filter_map(|(key, _, data, _)| {
-            let n = key.strip_prefix(prefix)?.strip_prefix('k')?.parse().ok()?;
-            Some((n, serde_json::from_slice(data).expect("a JSON value")))
-        })
-        .collect()
 }
 
 /// Each key's final version and its parent, as timestamps.
@@ -327,7 +288,7 @@ async fn scenario(a: &Cloud, b: &Cloud, prefix: &str) {
     for cloud in [a, b] {
         let alone = jepsen::check(
             &ops,
-            &live_state(&jepsen::dump_blobs(&cloud.direct, prefix).await, prefix),
+            &jepsen::live_blob_state(&jepsen::dump_blobs(&cloud.direct, prefix).await, prefix),
         );
         assert_eq!(
             alone.lost,
@@ -339,7 +300,7 @@ async fn scenario(a: &Cloud, b: &Cloud, prefix: &str) {
     let repaired = store.repair_all(prefix).await.unwrap();
     let dump_a = jepsen::dump_blobs(&a.direct, prefix).await;
     let dump_b = jepsen::dump_blobs(&b.direct, prefix).await;
-    let verdict = jepsen::check(&ops, &live_state(&dump_a, prefix));
+    let verdict = jepsen::check(&ops, &jepsen::live_blob_state(&dump_a, prefix));
     let provable = jepsen::provable_conflicts(&ops, &finals(&dump_a, prefix), etag_timestamp);
     let reported = conflicted.lock().unwrap().clone();
     jepsen::Outcome {
@@ -440,7 +401,7 @@ async fn losing_s3_for_good_loses_no_acknowledged_write() {
         assert_eq!(verdict.lost, Vec::<String>::new());
         // B alone holds every value the store reads.
         assert_eq!(
-            live_state(&jepsen::dump_blobs(&b.direct, &prefix).await, &prefix),
+            jepsen::live_blob_state(&jepsen::dump_blobs(&b.direct, &prefix).await, &prefix),
             state
         );
     };

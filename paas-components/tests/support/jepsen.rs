@@ -545,3 +545,20 @@ impl<D: PartialEq> Outcome<'_, D> {
         assert_eq!(self.repaired.failed, 0, "repair reached every member");
     }
 }
+
+/// The user-visible state of a replicated blob member's dump: live objects' JSON values by
+/// key number (tombstones left out).
+pub fn live_blob_state(dump: &[BlobEntry], prefix: &str) -> HashMap<usize, Value> {
+    use paas_components::multicloud::replicate::blobs::ReplicationMeta;
+    dump.iter()
+        .filter(|(_, md, _, _)| {
+            !ReplicationMeta::from_metadata(md)
+                .expect("replicated")
+                .deleted
+        })
+        .filter_map(|(key, _, data, _)| {
+            let n = key.strip_prefix(prefix)?.strip_prefix('k')?.parse().ok()?;
+            Some((n, serde_json::from_slice(data).expect("a JSON value")))
+        })
+        .collect()
+}

@@ -150,3 +150,28 @@ pub async fn redis_drop_namespace(url: &str, ns: &str) {
         cursor = next;
     }
 }
+
+/// moto keeps buckets in memory: make sure the bucket of the S3 `url` exists (200 created,
+/// 409 there).
+pub async fn ensure_moto_bucket(url: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint_addr(url);
+    let bucket = url::Url::parse(url)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let head = String::from_utf8_lossy(&response);
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.1 409"),
+        "creating bucket {bucket} on moto: {}",
+        head.lines().next().unwrap_or_default()
+    );
+}
