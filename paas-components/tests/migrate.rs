@@ -193,24 +193,7 @@ fn endpoint_of(url: &str, default: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_move_between_real_stores() {
-    let s3_configured = std::env::var("S3_TEST_URL").unwrap_or_else(|_| S3.to_string());
-    let Some(s3_url) = support::server_url(
-        "S3_TEST_URL",
-        S3,
-        &endpoint_of(&s3_configured, "127.0.0.1:9000"),
-    )
-    .await
-    else {
-        return;
-    };
-    let az_configured = std::env::var("AZURE_TEST_URL").unwrap_or_else(|_| AZURE.to_string());
-    let Some(az_url) = support::server_url(
-        "AZURE_TEST_URL",
-        AZURE,
-        &endpoint_of(&az_configured, "127.0.0.1:10000"),
-    )
-    .await
-    else {
+    let Some((s3_url, az_url)) = object_servers().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -307,6 +290,26 @@ async fn objects_move_between_real_stores() {
     }
 }
 
+/// The URLs of the S3 server and Azurite, `None` (after saying so) on a developer machine
+/// without them.
+async fn object_servers() -> Option<(String, String)> {
+    let s3_configured = std::env::var("S3_TEST_URL").unwrap_or_else(|_| S3.to_string());
+    let s3_url = support::server_url(
+        "S3_TEST_URL",
+        S3,
+        &endpoint_of(&s3_configured, "127.0.0.1:9000"),
+    )
+    .await?;
+    let az_configured = std::env::var("AZURE_TEST_URL").unwrap_or_else(|_| AZURE.to_string());
+    let az_url = support::server_url(
+        "AZURE_TEST_URL",
+        AZURE,
+        &endpoint_of(&az_configured, "127.0.0.1:10000"),
+    )
+    .await?;
+    Some((s3_url, az_url))
+}
+
 /// An S3 client that bypasses the portable rules, like another tool (boto3, the AWS CLI)
 /// writing to the same bucket.
 fn raw_s3(url: &str) -> object_store::aws::AmazonS3 {
@@ -333,24 +336,7 @@ fn raw_s3(url: &str) -> object_store::aws::AmazonS3 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_other_tools_wrote_copy_as_stored_or_are_refused_before_copying() {
     use object_store::{Attribute, AttributeValue, Attributes, ObjectStore};
-    let s3_configured = std::env::var("S3_TEST_URL").unwrap_or_else(|_| S3.to_string());
-    let Some(s3_url) = support::server_url(
-        "S3_TEST_URL",
-        S3,
-        &endpoint_of(&s3_configured, "127.0.0.1:9000"),
-    )
-    .await
-    else {
-        return;
-    };
-    let az_configured = std::env::var("AZURE_TEST_URL").unwrap_or_else(|_| AZURE.to_string());
-    let Some(az_url) = support::server_url(
-        "AZURE_TEST_URL",
-        AZURE,
-        &endpoint_of(&az_configured, "127.0.0.1:10000"),
-    )
-    .await
-    else {
+    let Some((s3_url, az_url)) = object_servers().await else {
         return;
     };
     let s3 = S3BlobStore::from_url(&s3_url).unwrap();

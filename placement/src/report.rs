@@ -196,15 +196,19 @@ pub fn render_svg(model: &Model, plan: &Plan) -> String {
             }
         }
     }
-    let colour_of = |unit: &str| {
-        model
-            .units
-            .iter()
-            .find(|u| u.id == unit)
-            .and_then(|u| u.cell.as_deref())
-            .and_then(|c| cells.iter().position(|x| *x == c))
-            .map_or(NO_CELL, |i| CELL_COLOURS[i % CELL_COLOURS.len()])
-    };
+    let colours: BTreeMap<&str, &str> = model
+        .units
+        .iter()
+        .map(|u| {
+            let colour = u
+                .cell
+                .as_deref()
+                .and_then(|c| cells.iter().position(|x| *x == c))
+                .map_or(NO_CELL, |i| CELL_COLOURS[i % CELL_COLOURS.len()]);
+            (u.id.as_str(), colour)
+        })
+        .collect();
+    let colour_of = |unit: &str| colours.get(unit).copied().unwrap_or(NO_CELL);
     let colw = 200.0;
     let line = 16.0;
     let bar_w = colw - 90.0;

@@ -36,7 +36,7 @@ pub use s3::S3BlobStore;
 #[cfg(any(feature = "memory", feature = "local"))]
 mod embedded {
     use cloud_abstraction::storage::{
-        DEFAULT_CONTENT_TYPE, ListOptions, MetadataNames, PutOptions,
+        DEFAULT_CONTENT_TYPE, ListOptions, PutOptions, StorageCapabilities,
     };
     use cloud_abstraction::{Result, validate};
     use sha2::{Digest, Sha256};
@@ -88,8 +88,8 @@ mod embedded {
     /// [`validate::put_options`], the same as on S3 and Azure; a missing content type becomes
     /// [`DEFAULT_CONTENT_TYPE`], as on the cloud stores.
     pub(crate) fn check_put_options(backend: &'static str, options: &mut PutOptions) -> Result<()> {
-        // The embedded stores keep any header-token name as it is (`StorageCapabilities::full`).
-        validate::put_options(backend, options, MetadataNames::Token)?;
+        // The embedded stores claim `StorageCapabilities::full()`, names included.
+        validate::put_options(backend, options, StorageCapabilities::full().metadata_names)?;
         options
             .content_type
             .get_or_insert_with(|| DEFAULT_CONTENT_TYPE.to_string());

@@ -28,14 +28,20 @@ pub async fn server_url(var: &str, default: &str, probe_addr: &str) -> Option<St
     if reachable {
         return Some(url);
     }
+    missing_server(var, &format!("server at {probe_addr}"));
+    None
+}
+
+/// A suite's server is missing: a failure under CI (`CI` or `REQUIRE_SERVERS` set), else a
+/// loud skip on a developer machine.
+pub fn missing_server(var: &str, what: &str) {
     if std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_SERVERS").is_some() {
-        panic!("{var}: server at {probe_addr} is not reachable, and CI requires it");
+        panic!("{var}: {what} is not reachable, and CI requires it");
     }
     eprintln!(
-        "\n!!!!!!!! SKIPPED: no server at {probe_addr} for {var}; this suite did NOT run. \
+        "\n!!!!!!!! SKIPPED: no {what} for {var}; this suite did NOT run. \
          Start it (bash .ci/services.sh) or set CI=1 to make this a failure. !!!!!!!!\n"
     );
-    None
 }
 
 /// `url` with its host and port replaced by `addr` (to reach a server through a proxy).
