@@ -29,6 +29,16 @@
 //! 3. A handler that fails releases the claim (a conditional delete), so a redelivery runs it
 //!    again.
 //!
+//! Each claim carries a token of its own (`"claim"`), because a create whose answer was lost
+//! may still have been stored: left alone, that claim would look like another consumer at
+//! work, and the message would wait for the whole lease (or, with a long lease, never run:
+//! an acknowledged command lost in effect; the two-cloud example found it). So:
+//! - a create that reports `AlreadyExists` although the record holds *this* attempt's token
+//!   (a retry layer repeated a create that had landed) is this attempt's claim: it goes on;
+//! - a create that fails otherwise puts its token on a process-wide list of abandoned claims
+//!   (the effect did not run); whoever in this process finds such a claim later takes it over
+//!   at once, with a conditional write. Across processes the lease still decides.
+//!
 //! What this does not cover: a consumer that dies after its effect but before marking the
 //! record `done` (or whose `done` write fails: the effect is still reported as executed)
 //! leaves a `running` claim that is taken over after the lease, and the effect
@@ -44,13 +54,56 @@ use cloud_abstraction::database::{DocumentStore, PutDocumentOptions, WriteCondit
 use cloud_abstraction::queue::Message;
 use cloud_abstraction::{Error, ErrorKind, MessageQueue, Result};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const BACKEND: &str = "cell-queue";
+
+/// How many abandoned claim tokens the process remembers (oldest forgotten first: their
+/// claims then wait for the lease, as across processes).
+const ABANDONED_CLAIMS: usize = 10_000;
+
+/// Tokens of claims whose create failed in this process, so their effect never ran (see the
+/// [module docs](self)). Tokens are random, so one list serves every consumer.
+#[derive(Default)]
+struct AbandonedClaims {
+    order: VecDeque<String>,
+    tokens: HashSet<String>,
+}
+
+fn abandoned_claims() -> std::sync::MutexGuard<'static, AbandonedClaims> {
+    static CLAIMS: OnceLock<Mutex<AbandonedClaims>> = OnceLock::new();
+    CLAIMS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+impl AbandonedClaims {
+    fn insert(&mut self, token: String) {
+        if self.tokens.insert(token.clone()) {
+            self.order.push_back(token);
+            while self.order.len() > ABANDONED_CLAIMS {
+                if let Some(old) = self.order.pop_front() {
+                    self.tokens.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, token: &str) -> bool {
+        self.tokens.contains(token)
+    }
+
+    fn remove(&mut self, token: &str) {
+        if self.tokens.remove(token) {
+            self.order.retain(|t| t != token);
+        }
+    }
+}
 
 /// Where a publish landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,7 +260,9 @@ impl IdempotentConsumer {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let claim = json!({"state": "running", "owner": self.owner, "at_ms": now_ms()});
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let claim =
+            json!({"state": "running", "owner": self.owner, "at_ms": now_ms(), "claim": token});
         let revision = match self
             .store
             .put(
@@ -236,23 +291,49 @@ impl IdempotentConsumer {
                     metrics::counter!("idempotent_duplicates_total").increment(1);
                     return Ok(Delivery::Duplicate(existing.value["result"].clone()));
                 }
-                let at = existing.value["at_ms"].as_u64().unwrap_or(0);
-                if now_ms().saturating_sub(at) < self.lease.as_millis() as u64 {
-                    return Err(Error::unavailable(
-                        BACKEND,
-                        format!("message `{id}` is being executed by another consumer"),
-                    ));
+                let holder = existing.value["claim"].as_str().unwrap_or_default();
+                if holder == token {
+                    // Our own create landed and a retry of it reported the record.
+                    existing.revision
+                } else {
+                    let abandoned = !holder.is_empty() && abandoned_claims().contains(holder);
+                    let at = existing.value["at_ms"].as_u64().unwrap_or(0);
+                    if !abandoned && now_ms().saturating_sub(at) < self.lease.as_millis() as u64 {
+                        return Err(Error::unavailable(
+                            BACKEND,
+                            format!("message `{id}` is being executed by another consumer"),
+                        ));
+                    }
+                    // Conditional: of several takers, one wins.
+                    let taken = self
+                        .store
+                        .put(
+                            &self.collection,
+                            id,
+                            claim,
+                            PutDocumentOptions::if_revision(existing.revision),
+                        )
+                        .await;
+                    match taken {
+                        Ok(revision) => {
+                            abandoned_claims().remove(holder);
+                            revision
+                        }
+                        Err(e) => {
+                            if e.kind() != ErrorKind::PreconditionFailed {
+                                abandoned_claims().insert(token);
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
-                self.store
-                    .put(
-                        &self.collection,
-                        id,
-                        claim,
-                        PutDocumentOptions::if_revision(existing.revision),
-                    )
-                    .await?
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The create may have been stored although it failed: if so, that claim is
+                // abandoned (nothing ran), and its message must not wait for the lease.
+                abandoned_claims().insert(token);
+                return Err(e);
+            }
         };
         match effect().await {
             Ok(result) => {
@@ -413,6 +494,46 @@ mod tests {
         );
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(store.conflict_count(), 0);
+    }
+
+    /// A create whose reply was lost stored its claim: the redelivery (to the same consumer
+    /// or another one in the process) must run the effect at once, not wait for the lease.
+    #[tokio::test]
+    async fn a_claim_whose_create_lost_its_reply_is_taken_over_at_once() {
+        use crate::layers::{self, FaultInjector};
+        let raw: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::new());
+        let fault = FaultInjector::new(1);
+        let store = layers::document_store(Arc::clone(&raw), fault.layer());
+        let first = IdempotentConsumer::new(Arc::clone(&store), "executed", "c1").unwrap();
+        let second = IdempotentConsumer::new(store, "executed", "c2").unwrap();
+        let runs = AtomicU32::new(0);
+        let effect = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Error>("ok")
+        };
+        for (id, redelivered_to) in [("m1", &first), ("m2", &second)] {
+            fault.set_lose_replies(true);
+            assert!(first.run(id, effect).await.is_err(), "the reply was lost");
+            fault.set_lose_replies(false);
+            let claim = raw
+                .get("executed", id)
+                .await
+                .unwrap()
+                .expect("claim stored");
+            assert_eq!(claim.value["state"], "running");
+            let before = runs.load(Ordering::SeqCst);
+            assert_eq!(
+                redelivered_to.run(id, effect).await.unwrap(),
+                Delivery::Executed("ok"),
+                "{id}: the abandoned claim is taken over within the 60 s lease"
+            );
+            assert_eq!(runs.load(Ordering::SeqCst), before + 1);
+            assert_eq!(
+                first.run(id, effect).await.unwrap(),
+                Delivery::Duplicate(json!("ok"))
+            );
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "each id ran once");
     }
 
     #[tokio::test]
