@@ -293,6 +293,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     limits = [float(s) for s in args.time_limits.split(",") if s.strip()]
     for path in args.models:
+        if path.endswith(".plan.json"):
+            continue  # a solver plan written beside the models by --export, not a model
         with open(path) as fh:
             model = json.load(fh)
         stem = os.path.splitext(os.path.basename(path))[0]

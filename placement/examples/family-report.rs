@@ -14,7 +14,8 @@
 //! and each solver plan as `DIR/<name>.solver-<secs>s.plan.json` (a start
 //! for the script's `--hint-suffix`).
 //! `--import DIR` reads plans written back by that script
-//! (`DIR/<name>.cpsat-<secs>s.json`: `plan`, `objective`, `bound`, `status`,
+//! (every `DIR/<name>.cpsat-<tag>.json`, tag `<secs>s` or
+//! `from-<start>-<secs>s`: `plan`, `objective`, `bound`, `status`,
 //! `seconds`), prices them with the checker and adds them as rows; their
 //! bounds count in the "best bound" the gaps are measured against.
 
@@ -183,8 +184,20 @@ fn main() {
             }
         }
         if let Some(d) = &import {
-            for &tl in &limits {
-                let path = d.join(format!("{name}.cpsat-{tl}s.json"));
+            // Every `<name>.cpsat-<tag>.json` in the folder, in name order.
+            let prefix = format!("{name}.cpsat-");
+            let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    let tag = f.strip_prefix(&prefix)?.strip_suffix(".json")?.to_string();
+                    Some((tag, e.path()))
+                })
+                .collect();
+            files.sort_by_key(|(tag, _)| (tag.len(), tag.clone()));
+            for (tl, path) in files {
                 let Ok(text) = std::fs::read_to_string(&path) else {
                     continue;
                 };
@@ -203,12 +216,11 @@ fn main() {
                 let status = v.get("status").and_then(|s| s.as_str()).unwrap_or("?");
                 match v.get("plan").cloned().map(serde_json::from_value::<Plan>) {
                     Some(Ok(plan)) if !plan.placements.is_empty() => {
-                        let row =
-                            priced(m, format!("CP-SAT {tl} s ({status})"), &plan, bound, secs);
+                        let row = priced(m, format!("CP-SAT {tl} ({status})"), &plan, bound, secs);
                         if let Some(obj) = v.get("objective").and_then(|o| o.as_f64()) {
                             // The script's objective, recomputed by our checker.
                             eprintln!(
-                                "{name}: CP-SAT {tl} s objective {obj:.4}, checker {:.4} (difference {:.2e}), checker feasible: {}",
+                                "{name}: CP-SAT {tl} objective {obj:.4}, checker {:.4} (difference {:.2e}), checker feasible: {}",
                                 row.cost.total,
                                 row.cost.total - obj,
                                 row.feasible
@@ -219,7 +231,7 @@ fn main() {
                     _ => {
                         // No plan: keep the bound (a valid one) in a row of its own.
                         println!(
-                            "| {name} | CP-SAT {tl} s ({status}) | no plan | | | | | | {} | | {secs:.2} |",
+                            "| {name} | CP-SAT {tl} ({status}) | no plan | | | | | | {} | | {secs:.2} |",
                             bound.map_or("-".into(), |b| format!("{b:.2}"))
                         );
                         if let Some(b) = bound {
