@@ -12,6 +12,14 @@
 //!    with the limit (worst and mean overrun printed), and the reported gap
 //!    of the shipped connected-vehicle model.
 //!
+//! 4. Application-shaped family (`cloud_placement::family::family()`: six seeded
+//!    instances, 150-400 units, 3 providers, 12-18 regions, residency,
+//!    spread, co-location, anti-affinity, traffic; two re-placement
+//!    instances with a region at half capacity and migration costs): the
+//!    solver at 1 s and 10 s and the baseline, each plan priced by the
+//!    checker (cost, bound, gap, moves), as `examples/family-report.rs`
+//!    prints them; criterion times the 1 s solve and the baseline.
+//!
 //! Criterion only times; the gaps (to the optimum for GAP, to the lower bound
 //! for synthetic instances) are printed on standard error once per instance
 //! for both the solver and the baseline. Set `PLACEMENT_BENCH_QUICK=1` to skip
@@ -19,6 +27,8 @@
 
 use std::time::{Duration, Instant};
 
+use cloud_placement::checker::check;
+use cloud_placement::family::{build, family};
 use cloud_placement::gap::parse_gap;
 use cloud_placement::greedy::greedy_baseline;
 use cloud_placement::report::{gap_optimum, locate_gap_dir, solve_gap};
@@ -193,5 +203,73 @@ fn on_time(_c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, gap, synthetic, on_time);
+/// The instance family: the comparison of `examples/family-report.rs` on standard error
+/// (gap to the best bound either solver run reported), then criterion timing.
+fn family_group(c: &mut Criterion) {
+    let mut group = c.benchmark_group("placement/family");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(Duration::from_secs(12));
+    for spec in family() {
+        let inst = match build(&spec) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("placement/family {}: not built: {e}", spec.name);
+                continue;
+            }
+        };
+        let m = &inst.model;
+        let name = &spec.name;
+        let mut rows: Vec<(String, f64, u64, bool, Option<f64>)> = Vec::new();
+        if let Ok(b) = greedy_baseline(m) {
+            let rep = check(m, &b.plan);
+            rows.push((
+                "greedy".into(),
+                rep.cost.total,
+                rep.moved_replicas,
+                rep.is_feasible(),
+                None,
+            ));
+        } else {
+            eprintln!("placement/family {name}: greedy: no feasible plan");
+        }
+        for secs in [1.0, 10.0] {
+            let mut opts = SolveOptions::with_time_limit(Duration::from_secs_f64(secs));
+            opts.explain = false;
+            if let Ok(s) = solve(m, &opts) {
+                let rep = check(m, &s.plan);
+                rows.push((
+                    format!("solver {secs} s"),
+                    rep.cost.total,
+                    rep.moved_replicas,
+                    rep.is_feasible(),
+                    Some(s.lower_bound),
+                ));
+            }
+        }
+        let best = rows
+            .iter()
+            .filter_map(|r| r.4)
+            .fold(f64::NEG_INFINITY, f64::max);
+        for (method, cost, moves, ok, bound) in &rows {
+            eprintln!(
+                "placement/family {name} {method}: cost {cost:.2} (checker {}) bound {} gap to best bound {:.3}% moves {moves}",
+                if *ok { "ok" } else { "INFEASIBLE" },
+                bound.map_or("-".into(), |b| format!("{b:.2}")),
+                100.0 * (cost - best) / cost
+            );
+        }
+        let mut opts = SolveOptions::with_time_limit(Duration::from_secs(1));
+        opts.explain = false;
+        group.bench_function(format!("solver-1s/{name}"), |b| {
+            b.iter(|| solve(m, &opts).map(|s| s.cost.total))
+        });
+        group.bench_function(format!("greedy/{name}"), |b| {
+            b.iter(|| greedy_baseline(m).map(|s| s.cost.total))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gap, synthetic, on_time, family_group);
 criterion_main!(benches);

@@ -51,11 +51,11 @@
 //! very large models) improves it until the iteration or time budget ends.
 //!
 //! Benchmark and report scaffolding (the OR-Library GAP reader `gap`, the
-//! synthetic model generator `synthetic`, the Karmada-like greedy baseline
-//! `greedy`, text / SVG rendering and GAP run helpers in `report`) is not
-//! part of the solver API: it is compiled only with the non-default cargo
-//! feature `bench-support`, which the workspace's `examples` and `benches`
-//! crates enable.
+//! synthetic model generator `synthetic`, the application-shaped instance
+//! family `family`, the Karmada-like greedy baseline `greedy`, text / SVG
+//! rendering and GAP run helpers in `report`) is not part of the solver API:
+//! it is compiled only with the non-default cargo feature `bench-support`,
+//! which the workspace's `examples` and `benches` crates enable.
 
 #![deny(missing_docs)]
 // Dense numeric code indexes several parallel arrays with one index.
@@ -64,6 +64,8 @@
 pub mod checker;
 pub mod error;
 pub mod explain;
+#[cfg(feature = "bench-support")]
+pub mod family;
 #[cfg(feature = "bench-support")]
 pub mod gap;
 #[cfg(feature = "bench-support")]
