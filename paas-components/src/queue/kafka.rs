@@ -1971,6 +1971,35 @@ mod tests {
     }
 
     #[test]
+    fn retry_topic_names_are_unambiguous() {
+        assert_eq!(retry_topic("t", "g"), "t.g.retry");
+        assert!(is_retry_topic_of("t.g.retry", "t"));
+        assert!(is_retry_topic_of(
+            &retry_topic("orders", "billing-1"),
+            "orders"
+        ));
+        for other in [
+            "t",
+            "t.paas-state",
+            "t.retry",
+            "t..retry",
+            "tt.g.retry",
+            "t.g.h.retry",
+            "u.g.retry",
+        ] {
+            assert!(!is_retry_topic_of(other, "t"), "{other}");
+        }
+        // A state topic is never a retry topic, whatever the names.
+        assert!(!is_retry_topic_of(&state_topic("t"), "t"));
+        assert_eq!(
+            Log::from_tag(&Log::Retry.tag().to_string()),
+            Some(Log::Retry)
+        );
+        assert_eq!(Log::from_tag(&Log::Main.tag().to_string()), Some(Log::Main));
+        assert_eq!(Log::from_tag("x"), None);
+    }
+
+    #[test]
     fn group_records_round_trip() {
         let options = GroupOptions {
             ack_deadline: Duration::from_millis(1500),
