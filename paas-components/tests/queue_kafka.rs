@@ -1,7 +1,8 @@
 //! The Kafka queue against a real broker (tansu 0.6.0, started by `.ci/services/kafka.sh` on
 //! 127.0.0.1:19092): the whole conformance kit, the peer cases with two handles, the model
-//! test, a rebalance test (a second consumer joins a group mid-stream) and a fault test
-//! through a TCP proxy that is cut and restored.
+//! test, a rebalance test (a second consumer joins a group mid-stream), a fault test
+//! through a TCP proxy that is cut and restored, and the retry topics (a nack's delay and
+//! attempt count survive a restart; deletes remove them).
 //!
 //! Every test works on topics with a random suffix and deletes them at the end.
 #![cfg(feature = "kafka")]
@@ -473,4 +474,317 @@ async fn connection_cut_and_restored() {
         again.is_empty(),
         "acknowledged messages came back on a fresh handle: {again:?}"
     );
+}
+
+/// Every topic the broker lists, through rdkafka's metadata (not the queue under test).
+async fn broker_topics(url: &str) -> BTreeSet<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let brokers = url
+        .trim_start_matches("kafka://")
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .expect("metadata client");
+        let md = client
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("list topics");
+        md.topics().iter().map(|t| t.name().to_string()).collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits (at most 15 s) until `name` is listed by the broker or not, as `present` says.
+async fn assert_listed(url: &str, name: &str, present: bool) {
+    let start = Instant::now();
+    loop {
+        let listed = broker_topics(url).await.contains(name);
+        if listed == present {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "topic {name} listed: {listed}, expected {present}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+type Arrived = Vec<(Instant, cloud_abstraction::queue::ReceivedMessage)>;
+
+/// Receives on `q` until `until` or until `done` says so, acknowledging everything; returns
+/// each message with the instant it arrived.
+async fn receive_until(
+    q: &Arc<dyn MessageQueue>,
+    topic: &str,
+    group: &str,
+    until: Instant,
+    done: impl Fn(&Arrived) -> bool,
+) -> Arrived {
+    let mut got = Vec::new();
+    while Instant::now() < until && !done(&got) {
+        let options = ReceiveOptions {
+            max_messages: 10,
+            wait: Duration::from_millis(300),
+        };
+        for m in q.receive(topic, group, options).await.unwrap() {
+            q.ack(topic, group, &m.receipt).await.unwrap();
+            got.push((Instant::now(), m));
+        }
+    }
+    got
+}
+
+/// Closes a handle the way a process does: dropping it stops its consumers, which commit and
+/// leave the group (the wait lets them).
+async fn close(q: Arc<dyn MessageQueue>) {
+    drop(q);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// A message nacked with a delay on one handle, which then closes, comes from the retry topic
+/// to a new handle of the group at its due time, as attempt 2 and looking like the original;
+/// the original's offset was settled, so nothing else is delivered again (not on the new
+/// handle, not after another restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_with_delay_survives_a_restart() {
+    // Longer than closing one handle and joining with the next (about 4 s), so the due time
+    // is checked on the new handle.
+    const DELAY: Duration = Duration::from_secs(7);
+    let Some(url) = url().await else { return };
+    let a = open(&url).await;
+    let topic = unique_name("kn");
+    let group = unique_name("kg");
+    a.create_topic(&topic).await.unwrap();
+    let options = GroupOptions {
+        ack_deadline: Duration::from_secs(60),
+        ..GroupOptions::default()
+    };
+    a.create_group(&topic, &group, options).await.unwrap();
+    let original = a
+        .publish(
+            &topic,
+            Message::new("retry me").with_attribute("kind", "slow"),
+        )
+        .await
+        .unwrap();
+    let mut others = BTreeSet::new();
+    for i in 0..3 {
+        others.insert(
+            a.publish(&topic, Message::new(format!("other{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let first = receive_bodies(&a, &topic, &group, 4).await;
+    assert_eq!(first.len(), 4, "all four received");
+    let nacked = first.iter().find(|m| m.id == original).unwrap().clone();
+    assert_eq!(nacked.attempt, 1);
+    let nacked_at = Instant::now();
+    a.nack(&topic, &group, &nacked.receipt, DELAY)
+        .await
+        .unwrap();
+    for m in first.iter().filter(|m| m.id != original) {
+        a.ack(&topic, &group, &m.receipt).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // past the commit interval
+    close(a).await;
+
+    let b = open(&url).await;
+    // Until a second after the copy came (anything delivered again would come with it).
+    let got = receive_until(
+        &b,
+        &topic,
+        &group,
+        nacked_at + DELAY + Duration::from_secs(8),
+        |got| {
+            got.iter()
+                .any(|(at, m)| m.id == original && at.elapsed() > Duration::from_secs(1))
+        },
+    )
+    .await;
+    let copies: Vec<_> = got.iter().filter(|(_, m)| m.id == original).collect();
+    let again: Vec<String> = got
+        .iter()
+        .filter(|(_, m)| m.id != original)
+        .map(|(_, m)| body(m))
+        .collect();
+    assert!(
+        again.is_empty(),
+        "acknowledged messages came back: {again:?}"
+    );
+    assert_eq!(copies.len(), 1, "the nacked message came back once");
+    let (at, copy) = copies[0];
+    // The due time crosses the restart as unix milliseconds: allow their rounding.
+    assert!(
+        *at + Duration::from_millis(50) >= nacked_at + DELAY,
+        "delivered {:?} after the nack, before its delay of {DELAY:?}",
+        at.duration_since(nacked_at)
+    );
+    assert_eq!(
+        copy.attempt, 2,
+        "the attempt count continues across the restart"
+    );
+    assert_eq!(body(copy), "retry me");
+    assert_eq!(copy.attributes, nacked.attributes);
+    assert_eq!(
+        copy.published_at, nacked.published_at,
+        "published_at is the original's"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    close(b).await;
+
+    // Another restart: the main topic's committed prefix moved past the nacked offset, and the
+    // copy's ack was committed too.
+    let c = open(&url).await;
+    let later = receive_until(
+        &c,
+        &topic,
+        &group,
+        Instant::now() + Duration::from_secs(6),
+        |_| false,
+    )
+    .await;
+    c.delete_topic(&topic).await.unwrap();
+    let later: Vec<String> = later.iter().map(|(_, m)| body(m)).collect();
+    assert!(
+        later.is_empty(),
+        "delivered again after a restart: {later:?}"
+    );
+}
+
+/// `max_attempts` counts nacked deliveries across a restart: nacked on one handle, then on a
+/// new one, the message is dead-lettered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_attempts_count_across_a_restart() {
+    let Some(url) = url().await else { return };
+    let a = open(&url).await;
+    let dlq_reader = open(&url).await;
+    let topic = unique_name("kn");
+    let group = unique_name("kg");
+    let dlq = unique_name("kdlq");
+    let dlq_group = unique_name("kg");
+    a.create_topic(&topic).await.unwrap();
+    a.create_topic(&dlq).await.unwrap();
+    let deadline = Duration::from_secs(60);
+    a.create_group(
+        &dlq,
+        &dlq_group,
+        GroupOptions {
+            ack_deadline: deadline,
+            ..GroupOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let options = GroupOptions {
+        ack_deadline: deadline,
+        max_attempts: Some(2),
+        dead_letter_topic: Some(dlq.clone()),
+    };
+    a.create_group(&topic, &group, options).await.unwrap();
+    // Joins the dead-letter group now, while the rest goes on.
+    let now = ReceiveOptions {
+        max_messages: 1,
+        wait: Duration::ZERO,
+    };
+    assert!(
+        dlq_reader
+            .receive(&dlq, &dlq_group, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let id = a
+        .publish(&topic, Message::new("poison").with_attribute("kind", "bad"))
+        .await
+        .unwrap();
+    let m = receive_bodies(&a, &topic, &group, 1).await.remove(0);
+    assert_eq!((m.id.as_str(), m.attempt), (id.as_str(), 1));
+    a.nack(&topic, &group, &m.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    close(a).await;
+
+    let b = open(&url).await;
+    let m = receive_bodies(&b, &topic, &group, 1).await.remove(0);
+    assert_eq!(
+        (m.id.as_str(), m.attempt),
+        (id.as_str(), 2),
+        "the second delivery, on a new handle"
+    );
+    b.nack(&topic, &group, &m.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    // Out of attempts: the next receives dead-letter it instead of delivering it.
+    let rest = receive_until(
+        &b,
+        &topic,
+        &group,
+        Instant::now() + Duration::from_secs(3),
+        |_| false,
+    )
+    .await;
+    let rest: Vec<String> = rest.iter().map(|(_, m)| body(m)).collect();
+    assert!(rest.is_empty(), "delivered past max_attempts: {rest:?}");
+    let dead = receive_until(
+        &dlq_reader,
+        &dlq,
+        &dlq_group,
+        Instant::now() + Duration::from_secs(4),
+        |_| false,
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "dead-lettered exactly once");
+    let dead = &dead[0].1;
+    assert_eq!(
+        (dead.id.as_str(), body(dead).as_str()),
+        (id.as_str(), "poison")
+    );
+    assert_eq!(dead.attributes.get("kind").map(String::as_str), Some("bad"));
+    assert_eq!(
+        dead.attempt, 1,
+        "the count starts again on the dead-letter topic"
+    );
+    b.delete_topic(&topic).await.unwrap();
+    b.delete_topic(&dlq).await.unwrap();
+}
+
+/// A group's retry topic is created with the group and removed by `delete_group`, and
+/// `delete_topic` removes those of all its groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_remove_retry_topics() {
+    let Some(url) = url().await else { return };
+    let q = open(&url).await;
+    let topic = unique_name("kn");
+    let (g1, g2) = (unique_name("kg"), unique_name("kg"));
+    q.create_topic(&topic).await.unwrap();
+    for g in [&g1, &g2] {
+        q.create_group(&topic, g, GroupOptions::default())
+            .await
+            .unwrap();
+    }
+    let (r1, r2) = (format!("{topic}.{g1}.retry"), format!("{topic}.{g2}.retry"));
+    let listed = broker_topics(&url).await;
+    assert!(
+        listed.contains(&r1) && listed.contains(&r2),
+        "create_group made the retry topics"
+    );
+    q.delete_group(&topic, &g1).await.unwrap();
+    assert_listed(&url, &r1, false).await;
+    assert!(
+        broker_topics(&url).await.contains(&r2),
+        "the other group's stays"
+    );
+    q.delete_topic(&topic).await.unwrap();
+    for name in [r2, topic.clone(), format!("{topic}.paas-state")] {
+        assert_listed(&url, &name, false).await;
+    }
 }

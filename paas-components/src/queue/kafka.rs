@@ -14,10 +14,16 @@
 //!   died with SIGSEGV. 2.3.0 fetches with v11, which has no tags.
 //! - **Layout.** A topic is a Kafka topic of the same name with `partitions` partitions
 //!   (default 3). A group `g` of topic `t` is the Kafka consumer group `t.g` (`.` cannot occur
-//!   in portable names, so the pair is unambiguous). A message's ordering key is its Kafka
+//!   in portable names, so the pair is unambiguous) and has a retry topic `t.g.retry` (same
+//!   partition count as `t`; two dots, so it can be neither a user topic nor a state topic
+//!   `t.paas-state`, which has one). A message's ordering key is its Kafka
 //!   key (so a key's messages share a partition and keep their order); its id travels in the
 //!   header `_id` and its attributes in headers of their own names (attribute names start with
-//!   a letter, so they never collide with `_id`).
+//!   a letter, so they never collide with `_id` or the other `_` headers below).
+//!   `create_group` creates the retry topic (before it writes the group's record, so a group
+//!   that exists has one; a group from before retry topics gets it when a handle first joins
+//!   it); `delete_group` deletes it after the group's tombstone, and `delete_topic` deletes
+//!   every `t.*.retry` the broker lists (also one a failed `delete_group` left behind).
 //! - **Groups and offsets.** Each topic `t` has a compacted state topic `t.paas-state` (one
 //!   partition, created and deleted with `t`). It holds a record per group
 //!   (`group/<g>` = `paas1;<ack deadline ms>;<max attempts>;<dead-letter topic>`: a group
@@ -25,13 +31,19 @@
 //!   and the offsets each group acknowledged beyond its committed prefix
 //!   (`acked/<g>/<partition>` = ranges such as `7-9,12`). The state lives in a topic rather
 //!   than in the offset commits' metadata string because tansu keeps no commit metadata (it
-//!   answers with an empty string). `create_group` of a new group commits the topic's
-//!   current end offsets as the group's position, so it sees only messages published after
-//!   its creation; `delete_group` writes a tombstone (and asks the broker to delete the Kafka
+//!   answers with an empty string). The retry topic's partitions are tracked the same way
+//!   (`acked/<g>/retry/<partition>`). `create_group` of a new group commits the current end
+//!   offsets of the topic and of the retry topic as the group's position, so it sees only
+//!   messages published after its creation, and tombstones any `acked/<g>/…` records of an
+//!   earlier group of the same name (their retry offsets would name the new retry topic's
+//!   messages); `delete_group` writes a tombstone (and asks the broker to delete the Kafka
 //!   group; tansu cannot, which is harmless: a group created again starts at the end).
 //! - **Per-message ack over offsets.** A consumer (one per group per handle, joined on its
-//!   first `receive`) reads its partitions ahead (at most [`READ_AHEAD`] undelivered
-//!   messages; then it pauses the partitions) into in-process leases
+//!   first `receive`, subscribed to the topic and the retry topic in the one Kafka group `t.g`,
+//!   so a rebalance moves partitions of both under the same protocol) reads its partitions
+//!   ahead (per log at most [`READ_AHEAD`] messages it has not delivered yet; then it pauses
+//!   that log's partitions, so retry copies waiting for their due time never stop the
+//!   topic's new messages) into in-process leases
 //!   (`queue::emulation::leases`, crate-private). An ack settles one offset
 //!   (`queue::emulation::offsets`); every [`COMMIT_INTERVAL`] the consumer
 //!   writes the changed acknowledged-beyond ranges (up to 150 per partition) to the state
@@ -40,14 +52,44 @@
 //!   restart) reads both, so a message acknowledged out of order is not delivered again. An
 //!   ack is durable once that commit has happened: a crash within the commit interval
 //!   delivers the message again (at-least-once).
-//! - **Leases are client-side.** Kafka has no per-message lease, so leases, nack (with or
-//!   without delay), deadline extension and attempt counts live in the consumer's process:
+//! - **Leases are client-side.** Kafka has no per-message lease, so leases, deadline
+//!   extension and the attempt count of a message being held live in the consumer's process:
 //!   receipts are valid only on the handle that received them (`portable_receipts = false`),
-//!   a receipt of an earlier delivery is refused with `PreconditionFailed`, a repeated ack
-//!   succeeds. Attempt counts and pending nack delays restart when a partition moves to
-//!   another consumer (rebalance, restart): `max_attempts` counts deliveries by one owner.
-//!   A nacked message stays in the partition (it holds the committed prefix back until it is
-//!   settled); it is not moved to a retry topic.
+//!   a receipt of an earlier delivery is refused with `PreconditionFailed` (also the receipt
+//!   of a delivery nacked to the retry topic, for the latest 10000 such), a repeated ack
+//!   succeeds. A lease that simply runs out (no ack, no nack) redelivers in-process, as
+//!   attempt `n + 1` by the same consumer; when the partition moves first (rebalance,
+//!   restart) its next owner delivers the message from the committed position as attempt 1.
+//! - **Nack through the retry topic.** `nack(delay)` of a message without an ordering key
+//!   publishes a copy to the group's retry topic: same body, Kafka key, `_id` and attribute
+//!   headers, plus `_due` (unix ms: now + delay), `_attempts` (deliveries so far) and
+//!   `_published` (the original's publish time, so `published_at` stays the original's).
+//!   Only once the broker has confirmed the copy (`acks=all`) is the original settled (its
+//!   offset acknowledged, so the committed prefix moves past it at the next commit); the
+//!   lease is held while the copy is written (its deadline moved to at least
+//!   `publish_timeout_ms` + 5 s; a revocation waits for it), and ack, nack or extension of
+//!   that delivery meanwhile fail with `PreconditionFailed`. A consumer holds a copy it reads until `_due`
+//!   (held in its read-ahead, not delivered) and delivers it as attempt `_attempts + 1`,
+//!   looking like the original (id, body, attributes, ordering key, `published_at`); it is
+//!   acknowledged, nacked again or dead-lettered like any message, by its offset in the retry
+//!   topic. So the delay and the attempt count survive a restart or a partition move, and
+//!   `max_attempts` counts every nacked delivery across consumers. A nack with zero delay
+//!   takes the same path (due at once): it costs a broker write before `nack` returns and a
+//!   fetch before the copy comes back (tens of milliseconds), and in return a message nacked
+//!   again and again is dead-lettered after `max_attempts` even when its consumers restart or
+//!   the group rebalances in between, and it never holds the committed prefix back. Due times
+//!   are wall-clock: a consumer whose clock runs behind the nacking one's delivers late,
+//!   ahead delivers early. A message **with an ordering key** is nacked in place instead
+//!   (its lease given back with the delay, in-process, holding its key and the committed
+//!   prefix as before): on the retry topic the key's next message would overtake it. Its
+//!   delay and attempt count are lost when its partition moves.
+//!   *Failure:* when the copy is not confirmed within `publish_timeout_ms` the nack fails
+//!   with `Unavailable` (retryable) and nothing changed for the caller: the delivery is still
+//!   leased with its old deadline and its receipt still valid (ack it, nack again, or let the
+//!   lease run out). The copy may still have been written; then the message comes back twice
+//!   (once as the copy, once by the original's redelivery), at-least-once. A process that
+//!   dies between the confirmed copy and the next commit delivers both as well. A retry topic
+//!   that is gone (the group was deleted) fails the nack with `NotFound`.
 //! - **Rebalances.** When a partition is revoked (a consumer joins or leaves the group), the
 //!   revoking consumer stops handing out its messages, waits until the leases it gave out on
 //!   it are settled or have run out (at most [`REVOKE_WAIT`]), commits, and only then lets the
@@ -56,7 +98,19 @@
 //!   `PreconditionFailed` (its new owner delivers the message again).
 //! - **Dead-lettering.** A message delivered `max_attempts` times is, at its next turn,
 //!   published to the dead-letter topic (same body, attributes, key and id; the attempt count
-//!   starts again) and then settled; without a dead-letter topic it is dropped.
+//!   starts again) and then settled; without a dead-letter topic it is dropped. A nack of
+//!   the last allowed delivery (no ordering key) does this at once instead of writing a
+//!   retry copy (the copy's next turn would dead-letter it), and fails like a retry copy
+//!   when the dead-letter topic does not confirm. The count
+//!   includes the deliveries before each nack to the retry topic, so a message nacked
+//!   `max_attempts` times is dead-lettered even across restarts; deliveries that ended in an
+//!   expired lease, and those of messages with an ordering key, count only while their
+//!   partition stays with one consumer.
+//! - **What survives a restart or partition move.** Acks (once committed, within
+//!   [`COMMIT_INTERVAL`]), nacks to the retry topic with their due time and attempt count,
+//!   and the group's options survive; running leases, deadline extensions and the in-process
+//!   attempt counts and nack delays of the bullets above do not (the message is delivered
+//!   again by its partition's next owner).
 //! - **Not supported** (`Unsupported`): message ids for de-duplication (Kafka keeps no id
 //!   index; the idempotent producer only removes a producer's own retries) and delayed
 //!   publishing (Kafka has no delayed visibility).
@@ -67,7 +121,8 @@
 //!   publish again. A retried publish may therefore be written twice (at-least-once).
 //! - **Failure behaviour.** librdkafka reconnects by itself (backing off at most 1 s). A publish that cannot be
 //!   delivered within `publish_timeout_ms` (default 30000) fails with `Unavailable`; it may
-//!   or may not have been written. Metadata, admin and commit calls that time out are
+//!   or may not have been written (a nack's retry copy likewise, with the outcome described
+//!   under *Nack through the retry topic*). Metadata, admin and commit calls that time out are
 //!   `Unavailable`. The handle recovers by itself when the broker comes back.
 //!
 //! URL parameters: `partitions` (1 to 1000, for topics this handle creates),
@@ -94,7 +149,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -106,6 +161,16 @@ use tracing::{debug, instrument, warn};
 const BACKEND: &str = "kafka";
 /// The header that carries the message id.
 const ID_HEADER: &str = "_id";
+/// The header of a retry copy: when it is due (unix ms).
+const DUE_HEADER: &str = "_due";
+/// The header of a retry copy: how often the message was delivered before it was nacked.
+const ATTEMPTS_HEADER: &str = "_attempts";
+/// The header of a retry copy: when the original was published (unix ms).
+const PUBLISHED_HEADER: &str = "_published";
+/// How many nacked-away deliveries a consumer remembers, to refuse their receipts.
+const MOVED_REMEMBERED: usize = 10_000;
+/// How long a nack holds the lease beyond the publish timeout while its copy is written.
+const NACK_MARGIN: Duration = Duration::from_secs(5);
 /// The first field of a group record (its format's version).
 const STATE_VERSION: &str = "paas1";
 /// Most messages a consumer reads ahead of what has been delivered.
@@ -262,6 +327,10 @@ fn stale(what: &str) -> Error {
     Error::new(ErrorKind::PreconditionFailed, BACKEND, what.to_string())
 }
 
+fn nack_in_progress() -> Error {
+    stale("a nack of this delivery is writing its retry copy; its outcome decides")
+}
+
 /// The Kafka consumer group of `group` on `topic`.
 fn kafka_group(topic: &str, group: &str) -> String {
     format!("{topic}.{group}")
@@ -324,14 +393,32 @@ fn state_topic(topic: &str) -> String {
     format!("{topic}.paas-state")
 }
 
+/// The retry topic of `group` on `topic`: two dots, so it is neither a user topic nor a state
+/// topic (one dot), and `topic`/`group` (without dots) are unambiguous in it.
+fn retry_topic(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.retry")
+}
+
+/// Whether `name` is the retry topic of some group of `topic`.
+fn is_retry_topic_of(name: &str, topic: &str) -> bool {
+    name.strip_prefix(topic)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(".retry"))
+        .is_some_and(|group| !group.is_empty() && !group.contains('.'))
+}
+
 /// The key of a group's record in the state topic.
 fn group_key(group: &str) -> String {
     format!("group/{group}")
 }
 
-/// The key of the offsets a group acknowledged beyond its committed prefix on a partition.
-fn acked_key(group: &str, partition: i32) -> String {
-    format!("acked/{group}/{partition}")
+/// The key of the offsets a group acknowledged beyond its committed prefix on a partition
+/// of its topic (`acked/<g>/<p>`) or of its retry topic (`acked/<g>/retry/<p>`).
+fn acked_key(group: &str, (log, partition): Part) -> String {
+    match log {
+        Log::Main => format!("acked/{group}/{partition}"),
+        Log::Retry => format!("acked/{group}/retry/{partition}"),
+    }
 }
 
 /// Reads the state topic of `topic` to its end: the latest value of every key (a tombstone
@@ -428,38 +515,121 @@ struct Stored {
     published_at: SystemTime,
 }
 
+/// What the headers of a retry copy say (nothing for a message of the topic itself).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct RetryHeaders {
+    /// Not deliverable before this (unix ms).
+    due_ms: Option<u64>,
+    /// Deliveries before the nack that made the copy.
+    attempts: u32,
+}
+
 impl Stored {
-    fn from_kafka(m: &BorrowedMessage<'_>) -> Self {
+    fn from_kafka(m: &BorrowedMessage<'_>) -> (Self, RetryHeaders) {
         let mut id = None;
         let mut attributes = BTreeMap::new();
+        let mut retry = RetryHeaders::default();
+        let mut published_ms = None;
         if let Some(headers) = m.headers() {
             for h in headers.iter() {
                 let value = String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned();
-                if h.key == ID_HEADER {
-                    id = Some(value);
-                } else if !h.key.starts_with('_') {
-                    attributes.insert(h.key.to_string(), value);
+                match h.key {
+                    ID_HEADER => id = Some(value),
+                    // Malformed values (another producer) count as absent: due now, no
+                    // earlier attempts, published when written.
+                    DUE_HEADER => retry.due_ms = value.parse().ok(),
+                    ATTEMPTS_HEADER => retry.attempts = value.parse().unwrap_or(0),
+                    PUBLISHED_HEADER => published_ms = value.parse::<u64>().ok(),
+                    k if !k.starts_with('_') => {
+                        attributes.insert(k.to_string(), value);
+                    }
+                    _ => {}
                 }
             }
         }
-        let published_at = m
-            .timestamp()
-            .to_millis()
-            .and_then(|ms| u64::try_from(ms).ok())
+        // A retry copy carries the original's publish time; the log's timestamp is the copy's.
+        let published_at = published_ms
+            .or_else(|| {
+                m.timestamp()
+                    .to_millis()
+                    .and_then(|ms| u64::try_from(ms).ok())
+            })
             .map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms));
-        Self {
+        let stored = Self {
             // A message from another producer has no id header: its position is its id.
             id: id.unwrap_or_else(|| format!("{}-{}", m.partition(), m.offset())),
             body: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
             attributes,
             ordering_key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
             published_at,
+        };
+        (stored, retry)
+    }
+}
+
+/// Which log of a group a held message was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Log {
+    /// The group's retry topic. Ordered first: a due retry was published before the topic's
+    /// messages read with it, so it goes out first.
+    Retry,
+    /// The topic itself.
+    Main,
+}
+
+impl Log {
+    /// Its letter in a receipt.
+    fn tag(self) -> char {
+        match self {
+            Self::Retry => 'r',
+            Self::Main => 'm',
+        }
+    }
+
+    fn from_tag(tag: &str) -> Option<Self> {
+        match tag {
+            "r" => Some(Self::Retry),
+            "m" => Some(Self::Main),
+            _ => None,
         }
     }
 }
 
-/// Where a held message is in the log.
-type Position = (i32, i64);
+/// A partition of one of a group's logs.
+type Part = (Log, i32);
+
+/// Where a held message is: log, partition, offset.
+type Position = (Log, i32, i64);
+
+fn part_of(&(log, partition, _): &Position) -> Part {
+    (log, partition)
+}
+
+/// The receipts of the deliveries this consumer settled by nacking them to the retry topic
+/// (the latest [`MOVED_REMEMBERED`]), so that a later ack with one is refused rather than
+/// taken for a repeated ack.
+#[derive(Debug, Default)]
+struct Moved {
+    set: HashSet<Position>,
+    order: VecDeque<Position>,
+}
+
+impl Moved {
+    fn insert(&mut self, key: Position) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > MOVED_REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, key: &Position) -> bool {
+        self.set.contains(key)
+    }
+}
 
 /// One assigned partition of a group consumer.
 #[derive(Debug)]
@@ -472,20 +642,37 @@ struct PartitionState {
 #[derive(Debug)]
 struct GroupState {
     options: GroupOptions,
-    partitions: HashMap<i32, PartitionState>,
+    partitions: HashMap<Part, PartitionState>,
     leases: Leases<Position, Arc<Stored>>,
     /// Something to commit (settled offsets or options).
     dirty: bool,
-    /// The assignment is paused (read-ahead full).
-    paused: bool,
+    /// The logs whose partitions are paused (their read-ahead is full).
+    paused: HashSet<Log>,
     /// The acknowledged-beyond ranges last written to the state topic, per partition.
-    written: HashMap<i32, String>,
+    written: HashMap<Part, String>,
+    /// Deliveries whose nack is writing its retry copy now.
+    nacking: HashSet<Position>,
+    /// Deliveries settled by a nack to the retry topic.
+    moved: Moved,
+}
+
+impl GroupState {
+    /// Settles the offset of `key` (after its lease was settled).
+    fn settle_offset(&mut self, key: &Position) {
+        if let Some(ps) = self.partitions.get_mut(&part_of(key)) {
+            if ps.acked.ack(key.2) {
+                self.dirty = true;
+            }
+        }
+    }
 }
 
 /// What the consumer thread, the rebalance callbacks and the async calls share.
 struct GroupShared {
     topic: String,
     group: String,
+    /// The group's retry topic.
+    retry: String,
     brokers: String,
     /// Writes the acknowledged-beyond records to the state topic.
     producer: FutureProducer,
@@ -501,6 +688,33 @@ struct GroupShared {
 }
 
 impl GroupShared {
+    /// The Kafka topic of `log`.
+    fn topic_of(&self, log: Log) -> &str {
+        match log {
+            Log::Main => &self.topic,
+            Log::Retry => &self.retry,
+        }
+    }
+
+    /// The log a Kafka topic of this group is (`None` for anything else).
+    fn log_of(&self, topic: &str) -> Option<Log> {
+        if topic == self.topic {
+            Some(Log::Main)
+        } else if topic == self.retry {
+            Some(Log::Retry)
+        } else {
+            None
+        }
+    }
+
+    /// The partitions of this group's logs in `tpl`.
+    fn parts(&self, tpl: &TopicPartitionList) -> Vec<Part> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| self.log_of(e.topic()).map(|log| (log, e.partition())))
+            .collect()
+    }
+
     /// The consumer, while it lives (not while it is being closed).
     fn consumer(&self) -> Option<Arc<BaseConsumer<GroupContext>>> {
         self.consumer.get().and_then(std::sync::Weak::upgrade)
@@ -517,9 +731,9 @@ impl GroupShared {
     /// commit (or `force`), and the acknowledged-beyond ranges that changed since written.
     fn commit_list(
         &self,
-        only: Option<&[i32]>,
+        only: Option<&[Part]>,
         force: bool,
-    ) -> Option<(TopicPartitionList, Vec<(i32, String)>)> {
+    ) -> Option<(TopicPartitionList, Vec<(Part, String)>)> {
         let mut st = self.lock();
         if !st.dirty && !force {
             return None;
@@ -533,7 +747,11 @@ impl GroupShared {
                 continue;
             }
             if tpl
-                .add_partition_offset(&self.topic, p, Offset::Offset(ps.acked.commit_offset()))
+                .add_partition_offset(
+                    self.topic_of(p.0),
+                    p.1,
+                    Offset::Offset(ps.acked.commit_offset()),
+                )
                 .is_err()
             {
                 continue;
@@ -556,7 +774,7 @@ impl GroupShared {
     fn commit(
         &self,
         consumer: &BaseConsumer<GroupContext>,
-        only: Option<&[i32]>,
+        only: Option<&[Part]>,
         mode: CommitMode,
     ) {
         let Some((tpl, records)) = self.commit_list(only, only.is_some()) else {
@@ -589,15 +807,22 @@ impl GroupShared {
         }
     }
 
-    /// Takes a newly read message into the leases.
+    /// Takes a newly read message into the leases: one of the topic deliverable now, a retry
+    /// copy at its due time with its earlier attempts counted.
     fn add(&self, m: &BorrowedMessage<'_>) {
+        let Some(log) = self.log_of(m.topic()) else {
+            return;
+        };
         let (p, o) = (m.partition(), m.offset());
         let mut st = self.lock();
         let st = &mut *st;
-        let ps = st.partitions.entry(p).or_insert_with(|| PartitionState {
-            acked: AckedOffsets::new(o),
-            revoking: false,
-        });
+        let ps = st
+            .partitions
+            .entry((log, p))
+            .or_insert_with(|| PartitionState {
+                acked: AckedOffsets::new(o),
+                revoking: false,
+            });
         if ps.revoking {
             return;
         }
@@ -610,21 +835,29 @@ impl GroupShared {
             // Acknowledged beyond the prefix before a restart or rebalance.
             return;
         }
-        let stored = Stored::from_kafka(m);
+        let (stored, retry) = Stored::from_kafka(m);
         let key = stored.ordering_key.clone();
-        st.leases
-            .insert((p, o), Arc::new(stored), key, Instant::now());
+        let now = Instant::now();
+        // The due time crosses processes as wall-clock time; here it becomes an instant again.
+        let visible_at = retry
+            .due_ms
+            .map(|due| UNIX_EPOCH + Duration::from_millis(due))
+            .and_then(|due| due.duration_since(SystemTime::now()).ok())
+            .map_or(now, |wait| now + wait);
+        st.leases.insert_retried(
+            (log, p, o),
+            Arc::new(stored),
+            key,
+            visible_at,
+            retry.attempts,
+        );
         self.changed.notify_waiters();
     }
 
     /// Before partitions are taken away: hand out nothing more from them, wait for their
     /// running leases, commit them, forget them.
     fn revoke(&self, consumer: &BaseConsumer<GroupContext>, tpl: &TopicPartitionList) {
-        let parts: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let parts = self.parts(tpl);
         let give_up = Instant::now() + REVOKE_WAIT;
         {
             let mut st = self.lock();
@@ -638,7 +871,10 @@ impl GroupShared {
                 if self.stop.load(Ordering::SeqCst) || now >= give_up {
                     break;
                 }
-                let Some(until) = st.leases.running_until(now, |(p, _)| parts.contains(p)) else {
+                let Some(until) = st
+                    .leases
+                    .running_until(now, |k| parts.contains(&part_of(k)))
+                else {
                     break;
                 };
                 let wait = until.min(give_up) - now;
@@ -651,7 +887,7 @@ impl GroupShared {
         }
         self.commit(consumer, Some(&parts), CommitMode::Sync);
         let mut st = self.lock();
-        st.leases.drop_where(|(p, _)| parts.contains(p));
+        st.leases.drop_where(|k| parts.contains(&part_of(k)));
         st.partitions.retain(|p, _| !parts.contains(p));
         debug!(topic = %self.topic, partitions = ?parts, "partitions revoked");
     }
@@ -665,7 +901,7 @@ impl GroupShared {
             HashMap::new()
         });
         let mut st = self.lock();
-        st.paused = false;
+        st.paused.clear();
         if let Some(options) = state
             .get(&group_key(&self.group))
             .and_then(|r| decode_options(r))
@@ -678,19 +914,20 @@ impl GroupShared {
             warn!(topic = %self.topic, "reading committed offsets failed after an assignment");
             return;
         };
-        for e in committed.elements_for_topic(&self.topic) {
-            let Offset::Offset(start) = e.offset() else {
+        for e in committed.elements() {
+            let (Some(log), Offset::Offset(start)) = (self.log_of(e.topic()), e.offset()) else {
                 continue;
             };
-            let ranges = state.get(&acked_key(&self.group, e.partition()));
+            let part = (log, e.partition());
+            let ranges = state.get(&acked_key(&self.group, part));
             let acked = ranges
                 .and_then(|r| AckedOffsets::decode(start, r))
                 .unwrap_or_else(|| AckedOffsets::new(start));
             if let Some(r) = ranges {
-                st.written.insert(e.partition(), r.clone());
+                st.written.insert(part, r.clone());
             }
             st.partitions.insert(
-                e.partition(),
+                part,
                 PartitionState {
                     acked,
                     revoking: false,
@@ -698,6 +935,18 @@ impl GroupShared {
             );
         }
         debug!(topic = %self.topic, partitions = committed.count(), "partitions assigned");
+    }
+}
+
+/// Marks a delivery as being nacked until dropped.
+struct Nacking<'a> {
+    shared: &'a GroupShared,
+    key: Position,
+}
+
+impl Drop for Nacking<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().nacking.remove(&self.key);
     }
 }
 
@@ -740,22 +989,30 @@ struct GroupConsumer {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// The options of `group` on `topic` from the state topic (`NotFound` without a record).
+/// Blocking.
+fn group_options(brokers: &str, topic: &str, group: &str) -> Result<GroupOptions> {
+    read_state(brokers, topic)?
+        .get(&group_key(group))
+        .and_then(|r| decode_options(r))
+        .ok_or_else(|| group_not_found(topic, group))
+}
+
 impl GroupConsumer {
-    /// Joins the group of `topic`/`group` if the group exists (it has a record in the state
-    /// topic), else `NotFound`.
+    /// Joins the group of `topic`/`group` (which exists, with `options`), subscribed to the
+    /// topic and the group's retry topic.
     fn start(
         settings: &Settings,
         producer: FutureProducer,
         topic: &str,
         group: &str,
+        options: GroupOptions,
     ) -> Result<Self> {
-        let options = read_state(&settings.brokers, topic)?
-            .get(&group_key(group))
-            .and_then(|r| decode_options(r))
-            .ok_or_else(|| group_not_found(topic, group))?;
+        let retry = retry_topic(topic, group);
         let shared = Arc::new(GroupShared {
             topic: topic.to_string(),
             group: group.to_string(),
+            retry: retry.clone(),
             brokers: settings.brokers.clone(),
             producer,
             consumer: std::sync::OnceLock::new(),
@@ -764,8 +1021,10 @@ impl GroupConsumer {
                 partitions: HashMap::new(),
                 leases: Leases::new(),
                 dirty: false,
-                paused: false,
+                paused: HashSet::new(),
                 written: HashMap::new(),
+                nacking: HashSet::new(),
+                moved: Moved::default(),
             }),
             settled: Condvar::new(),
             changed: Notify::new(),
@@ -787,8 +1046,10 @@ impl GroupConsumer {
             .map_err(|e| map_err("creating a consumer", e))?;
         let consumer = Arc::new(consumer);
         let _ = shared.consumer.set(Arc::downgrade(&consumer));
+        // One consumer, one Kafka group for both: a rebalance moves a partition of the topic
+        // and of the retry topic alike, under the same revocation protocol.
         consumer
-            .subscribe(&[topic])
+            .subscribe(&[topic, retry.as_str()])
             .map_err(|e| map_err("joining the group", e))?;
         let thread = {
             let shared = Arc::clone(&shared);
@@ -819,17 +1080,33 @@ fn poll_loop(consumer: &BaseConsumer<GroupContext>, shared: &GroupShared) {
     let mut last_commit = std::time::Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         {
+            // Each log has its own read-ahead: retry copies waiting for their due time must
+            // not stop the topic's new messages, nor the reverse.
             let mut st = shared.lock();
-            let full = st.leases.undelivered() >= READ_AHEAD;
-            if full != st.paused {
-                if let Ok(assignment) = consumer.assignment() {
-                    let r = if full {
-                        consumer.pause(&assignment)
+            let (main, retry) = st.leases.undelivered(|k| k.0 == Log::Main);
+            for (log, held) in [(Log::Main, main), (Log::Retry, retry)] {
+                let full = held >= READ_AHEAD;
+                if full == st.paused.contains(&log) {
+                    continue;
+                }
+                let Ok(assignment) = consumer.assignment() else {
+                    continue;
+                };
+                let mut tpl = TopicPartitionList::new();
+                let name = shared.topic_of(log);
+                for e in assignment.elements_for_topic(name) {
+                    tpl.add_partition(name, e.partition());
+                }
+                let r = if full {
+                    consumer.pause(&tpl)
+                } else {
+                    consumer.resume(&tpl)
+                };
+                if r.is_ok() {
+                    if full {
+                        st.paused.insert(log);
                     } else {
-                        consumer.resume(&assignment)
-                    };
-                    if r.is_ok() {
-                        st.paused = full;
+                        st.paused.remove(&log);
                     }
                 }
             }
@@ -967,6 +1244,53 @@ impl KafkaQueue {
         Ok(())
     }
 
+    /// Waits until a topic just created is in the metadata (at most [`OP_TIMEOUT`]); returns
+    /// its partitions.
+    async fn visible(&self, topic: &str) -> Result<Vec<i32>> {
+        let start = Instant::now();
+        loop {
+            match self.partitions(topic).await {
+                Ok(p) => return Ok(p),
+                Err(e) if e.kind() == ErrorKind::NotFound && start.elapsed() < OP_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates the retry topic of a group (same partition count as its topic) and waits
+    /// until it is visible; one that exists already is fine.
+    async fn create_retry_topic(&self, retry: &str, partitions: usize) -> Result<Vec<i32>> {
+        let count = i32::try_from(partitions)
+            .map_err(|_| Error::internal(BACKEND, "too many partitions"))?;
+        self.create_kafka_topic(retry, count, false).await?;
+        self.visible(retry).await
+    }
+
+    /// Deletes Kafka topics; ones that do not exist are fine.
+    async fn delete_kafka_topics(&self, names: &[&str]) -> Result<()> {
+        let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
+        let results = self
+            .inner
+            .admin
+            .delete_topics(names, &opts)
+            .await
+            .map_err(|e| map_err("deleting a topic", e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((_, code)) => {
+                    return Err(map_err("deleting a topic", KafkaError::AdminOp(code)));
+                }
+            }
+        }
+        for name in names {
+            self.known().remove(*name);
+        }
+        Ok(())
+    }
+
     /// `NotFound` unless `topic` exists (cached once seen).
     async fn ensure_topic(&self, topic: &str) -> Result<()> {
         if self.known().contains(topic) {
@@ -982,12 +1306,29 @@ impl KafkaQueue {
         if let Some(c) = consumers.get(&key) {
             return Ok(Arc::clone(c));
         }
-        self.partitions(topic).await?;
+        let partitions = self.partitions(topic).await?;
+        let settings = self.inner.settings.clone();
+        let (t, g) = key.clone();
+        let options = blocking(move || group_options(&settings.brokers, &t, &g)).await?;
+        // A group created before retry topics existed gets its retry topic now (a nack needs
+        // it, and the subscription should find it at once).
+        let retry = retry_topic(topic, group);
+        if !self.known().contains(&retry) {
+            match self.partitions(&retry).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    self.create_retry_topic(&retry, partitions.len()).await?;
+                }
+                r => {
+                    r?;
+                }
+            }
+        }
         let settings = self.inner.settings.clone();
         let producer = self.inner.producer.clone();
         let (t, g) = key.clone();
-        let c =
-            Arc::new(blocking(move || GroupConsumer::start(&settings, producer, &t, &g)).await?);
+        let c = Arc::new(
+            blocking(move || GroupConsumer::start(&settings, producer, &t, &g, options)).await?,
+        );
         consumers.insert(key, Arc::clone(&c));
         Ok(c)
     }
@@ -1002,29 +1343,49 @@ impl KafkaQueue {
             .cloned()
     }
 
+    /// The receipt of delivery `token` of the message at `key`.
+    fn make_receipt(&self, (log, p, o): Position, token: u64) -> String {
+        self.inner
+            .receipts
+            .make(&format!("{}.{p}.{o}.{token}", log.tag()))
+    }
+
     /// The position and lease token inside a receipt.
     fn open_receipt(&self, receipt: &str) -> Result<(Position, u64)> {
         let inner = self.inner.receipts.open(receipt)?;
-        let mut parts = inner.splitn(3, '.');
+        let mut parts = inner.splitn(4, '.');
         let parsed = (|| {
+            let log = Log::from_tag(parts.next()?)?;
             let p = parts.next()?.parse().ok()?;
             let o = parts.next()?.parse().ok()?;
             let t = parts.next()?.parse().ok()?;
-            Some(((p, o), t))
+            Some(((log, p, o), t))
         })();
         parsed.ok_or_else(|| Error::invalid(BACKEND, "malformed receipt"))
     }
 
-    /// Enqueues `messages` in order and waits for all of them; returns their ids.
-    async fn produce(&self, topic: &str, messages: Vec<(String, Message)>) -> Result<Vec<String>> {
+    /// Enqueues `messages` in order, each with the headers `extra` beside its id and
+    /// attributes, and waits for all of them; returns their ids.
+    async fn produce(
+        &self,
+        topic: &str,
+        messages: Vec<(String, Message)>,
+        extra: &[(&str, String)],
+    ) -> Result<Vec<String>> {
         let mut pending = Vec::with_capacity(messages.len());
         let mut ids = Vec::with_capacity(messages.len());
         for (id, m) in &messages {
-            let mut headers =
-                OwnedHeaders::new_with_capacity(m.attributes.len() + 1).insert(Header {
+            let mut headers = OwnedHeaders::new_with_capacity(m.attributes.len() + 1 + extra.len())
+                .insert(Header {
                     key: ID_HEADER,
                     value: Some(id.as_bytes()),
                 });
+            for (k, v) in extra {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
             for (k, v) in &m.attributes {
                 headers = headers.insert(Header {
                     key: k,
@@ -1079,7 +1440,10 @@ impl KafkaQueue {
                 ordering_key: d.message.ordering_key.clone(),
                 delay: None,
             };
-            if let Err(e) = self.produce(dlq, vec![(d.message.id.clone(), m)]).await {
+            if let Err(e) = self
+                .produce(dlq, vec![(d.message.id.clone(), m)], &[])
+                .await
+            {
                 warn!(topic = %c.shared.topic, dead_letter_topic = %dlq, error = %e, "dead-lettering failed; tried again later");
                 return;
             }
@@ -1089,13 +1453,110 @@ impl KafkaQueue {
         }
         let mut st = c.shared.lock();
         if st.leases.settle(&d.key, d.token).is_ok() {
-            if let Some(ps) = st.partitions.get_mut(&d.key.0) {
-                if ps.acked.ack(d.key.1) {
-                    st.dirty = true;
-                }
-            }
+            st.settle_offset(&d.key);
         }
         c.shared.settled.notify_all();
+    }
+
+    /// Nacks a delivery through the retry topic: publishes the copy (with its due time and
+    /// attempt count), and only once the broker confirmed it settles the original. A delivery
+    /// that was the last of `max_attempts` goes to the dead-letter topic at once instead (or
+    /// is dropped without one). The lease is held meanwhile (so the message is not delivered
+    /// again while the copy is written); when the copy fails, the lease gets its old deadline
+    /// back and the error is returned.
+    async fn nack_to_retry(
+        &self,
+        c: &GroupConsumer,
+        key: Position,
+        token: u64,
+        delay: Duration,
+    ) -> Result<()> {
+        let hold = Duration::from_millis(self.inner.settings.publish_timeout_ms) + NACK_MARGIN;
+        let (message, attempts, deadline, dead_letter) = {
+            let mut st = c.shared.lock();
+            if st.nacking.contains(&key) {
+                return Err(nack_in_progress());
+            }
+            let (m, attempts, deadline) = st
+                .leases
+                .leased(&key, token)
+                .map_err(|_| stale("the delivery of this receipt is no longer leased"))?;
+            let m = Arc::clone(m);
+            // Its next turn would dead-letter it: do it now, saving the round trip.
+            let exhausted = st.options.max_attempts.is_some_and(|n| attempts >= n);
+            let dead_letter = exhausted.then(|| st.options.dead_letter_topic.clone());
+            let held_until = Instant::now() + hold;
+            if held_until > deadline {
+                let _ = st.leases.extend(&key, token, held_until);
+            }
+            st.nacking.insert(key);
+            (m, attempts, deadline, dead_letter)
+        };
+        // Also when the caller drops this future mid-write: the delivery must not stay
+        // marked as being nacked (its lease then runs out as extended).
+        let _nacking = Nacking {
+            shared: &c.shared,
+            key,
+        };
+        let unix_ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let now = SystemTime::now();
+        let due = now.checked_add(delay).unwrap_or(now);
+        let extra = [
+            (DUE_HEADER, unix_ms(due).to_string()),
+            (ATTEMPTS_HEADER, attempts.to_string()),
+            (PUBLISHED_HEADER, unix_ms(message.published_at).to_string()),
+        ];
+        let copy = Message {
+            body: message.body.clone(),
+            attributes: message.attributes.clone(),
+            id: None,
+            ordering_key: message.ordering_key.clone(),
+            delay: None,
+        };
+        let written = match &dead_letter {
+            None => {
+                self.produce(&c.shared.retry, vec![(message.id.clone(), copy)], &extra)
+                    .await
+            }
+            Some(Some(dlq)) => {
+                let r = self
+                    .produce(dlq, vec![(message.id.clone(), copy)], &[])
+                    .await;
+                if r.is_ok() {
+                    debug!(topic = %c.shared.topic, dead_letter_topic = %dlq, "message dead-lettered at its last nack");
+                }
+                r
+            }
+            Some(None) => Ok(Vec::new()),
+        };
+        let mut st = c.shared.lock();
+        st.nacking.remove(&key);
+        let result = match written {
+            Ok(_) => {
+                if st.leases.settle(&key, token).is_ok() {
+                    st.settle_offset(&key);
+                    if dead_letter.is_none() {
+                        st.moved.insert(key);
+                    }
+                } else {
+                    // Its partition moved on meanwhile (revocation waited for the held lease
+                    // as long as it could): the next owner delivers the original too.
+                    debug!(topic = %c.shared.topic, "nacked message lost its partition while its retry copy was written");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = st.leases.extend(&key, token, deadline);
+                Err(e)
+            }
+        };
+        drop(st);
+        c.shared.settled.notify_all();
+        c.shared.changed.notify_waiters();
+        result
     }
 }
 
@@ -1128,16 +1589,7 @@ impl MessageQueue for KafkaQueue {
         self.create_kafka_topic(topic, self.inner.settings.partitions, false)
             .await?;
         // Visible in the metadata before the call returns (a publish right after must find it).
-        let start = Instant::now();
-        loop {
-            match self.partitions(topic).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::NotFound && start.elapsed() < OP_TIMEOUT => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.visible(topic).await.map(|_| ())
     }
 
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic), err(level = "debug"))]
@@ -1158,23 +1610,26 @@ impl MessageQueue for KafkaQueue {
             c.stop().await;
         }
         self.known().remove(topic);
-        let state = state_topic(topic);
-        let opts = AdminOptions::new().operation_timeout(Some(OP_TIMEOUT));
-        let results = self
-            .inner
-            .admin
-            .delete_topics(&[topic, state.as_str()], &opts)
-            .await
-            .map_err(|e| map_err("deleting a topic", e))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((_, code)) => {
-                    return Err(map_err("deleting a topic", KafkaError::AdminOp(code)));
-                }
-            }
-        }
-        Ok(())
+        // The retry topics of all its groups, found by name in the broker's topic list (so
+        // one left behind by a failed delete_group goes too).
+        let meta = Arc::clone(&self.inner.meta);
+        let t = topic.to_string();
+        let mut names = blocking(move || {
+            let md = meta
+                .fetch_metadata(None, OP_TIMEOUT)
+                .map_err(|e| map_err("listing topics", e))?;
+            Ok(md
+                .topics()
+                .iter()
+                .map(|m| m.name().to_string())
+                .filter(|n| is_retry_topic_of(n, &t))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        names.push(topic.to_string());
+        names.push(state_topic(topic));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.delete_kafka_topics(&names).await
     }
 
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
@@ -1190,37 +1645,61 @@ impl MessageQueue for KafkaQueue {
         // A topic made by other tools gets its state topic now.
         self.create_kafka_topic(&state_topic(topic), 1, true)
             .await?;
+        // The retry topic before the record: a group that exists has one.
+        let retry = retry_topic(topic, group);
+        let retry_partitions = self.create_retry_topic(&retry, partitions.len()).await?;
         let record = encode_options(&options);
         if let Some(c) = self.existing_consumer(topic, group).await {
             c.shared.lock().options = options;
         }
         let (settings, meta) = (self.inner.settings.clone(), Arc::clone(&self.inner.meta));
         let (t, g) = (topic.to_string(), group.to_string());
-        let exists = blocking(move || {
-            if read_state(&settings.brokers, &t)?.contains_key(&group_key(&g)) {
-                return Ok(true);
+        let stale_acked = blocking(move || {
+            let state = read_state(&settings.brokers, &t)?;
+            if state.contains_key(&group_key(&g)) {
+                return Ok(None);
             }
-            // A new group starts at the topic's end: it sees only later messages.
+            // A new group starts at the end of its topic (it sees only later messages) and
+            // of its retry topic (a group of the same name before, whose committed offsets
+            // the broker may keep, must not skip the new retry topic's first copies).
             let consumer: BaseConsumer = client_config(&settings.brokers)
                 .set("group.id", kafka_group(&t, &g))
                 .set("enable.auto.commit", "false")
                 .create()
                 .map_err(|e| map_err("creating a consumer", e))?;
             let mut commit = TopicPartitionList::new();
-            for p in &partitions {
-                let (_, high) = meta
-                    .fetch_watermarks(&t, *p, OP_TIMEOUT)
-                    .map_err(|e| map_err("reading the topic's end offsets", e))?;
-                commit
-                    .add_partition_offset(&t, *p, Offset::Offset(high))
-                    .map_err(|e| map_err("creating a group", e))?;
+            let logs = [
+                (t.as_str(), &partitions),
+                (retry.as_str(), &retry_partitions),
+            ];
+            for (name, parts) in logs {
+                for p in parts {
+                    let (_, high) = meta
+                        .fetch_watermarks(name, *p, OP_TIMEOUT)
+                        .map_err(|e| map_err("reading the topic's end offsets", e))?;
+                    commit
+                        .add_partition_offset(name, *p, Offset::Offset(high))
+                        .map_err(|e| map_err("creating a group", e))?;
+                }
             }
             consumer
                 .commit(&commit, CommitMode::Sync)
                 .map_err(|e| map_err("creating a group", e))?;
-            Ok(false)
+            // Acknowledged-beyond records of a group of the same name before: offsets of its
+            // retry topic would name messages of the new one.
+            let prefix = format!("acked/{g}/");
+            Ok(Some(
+                state
+                    .into_keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .collect::<Vec<_>>(),
+            ))
         })
         .await?;
+        let exists = stale_acked.is_none();
+        for key in stale_acked.unwrap_or_default() {
+            state_written(send_state(&self.inner.producer, topic, &key, None)?).await?;
+        }
         debug!(topic, group, exists, "group record written");
         let write = send_state(
             &self.inner.producer,
@@ -1243,12 +1722,27 @@ impl MessageQueue for KafkaQueue {
         if let Some(c) = mine {
             c.stop().await;
         }
+        let retry = retry_topic(topic, group);
         match self.partitions(topic).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Gone with its topic, or left behind by an earlier failure.
+                return self.delete_kafka_topics(&[retry.as_str()]).await;
+            }
             r => r?,
         };
         let write = send_state(&self.inner.producer, topic, &group_key(group), None)?;
         state_written(write).await?;
+        // After the tombstone: while the group exists, it has its retry topic. Gone from the
+        // metadata before returning, so a create_group of the same name right after makes a
+        // new one rather than finding the old one still being deleted.
+        self.delete_kafka_topics(&[retry.as_str()]).await?;
+        let start = Instant::now();
+        while start.elapsed() < OP_TIMEOUT {
+            match self.partitions(&retry).await {
+                Err(e) if e.kind() == ErrorKind::NotFound => break,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
         // The group's committed offsets are left to the broker's retention: a group created
         // again under the name starts at the topic's end anyway.
         let name = kafka_group(topic, group);
@@ -1284,7 +1778,7 @@ impl MessageQueue for KafkaQueue {
             .into_iter()
             .map(|m| (uuid::Uuid::new_v4().simple().to_string(), m))
             .collect();
-        self.produce(topic, with_ids).await
+        self.produce(topic, with_ids, &[]).await
     }
 
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group, max = options.max_messages), err(level = "debug"))]
@@ -1313,7 +1807,7 @@ impl MessageQueue for KafkaQueue {
                     now,
                     st.options.ack_deadline,
                     st.options.max_attempts,
-                    |(p, _)| partitions.get(p).is_none_or(|ps| ps.revoking),
+                    |k| partitions.get(&part_of(k)).is_none_or(|ps| ps.revoking),
                 );
                 (claimed, st.options.clone())
             };
@@ -1332,10 +1826,7 @@ impl MessageQueue for KafkaQueue {
                         ordering_key: d.message.ordering_key.clone(),
                         attempt: d.attempt,
                         published_at: d.message.published_at,
-                        receipt: self
-                            .inner
-                            .receipts
-                            .make(&format!("{}.{}.{}", d.key.0, d.key.1, d.token)),
+                        receipt: self.make_receipt(d.key, d.token),
                     })
                     .collect();
                 debug!(topic, group, count = out.len(), "received");
@@ -1363,22 +1854,25 @@ impl MessageQueue for KafkaQueue {
             .ok_or_else(|| stale("no consumer of this group holds the message on this handle"))?;
         let mut st = c.shared.lock();
         let st = &mut *st;
+        if st.nacking.contains(&key) {
+            return Err(nack_in_progress());
+        }
         match st.leases.settle(&key, token) {
             Ok(_) => {
-                if let Some(ps) = st.partitions.get_mut(&key.0) {
-                    if ps.acked.ack(key.1) {
-                        st.dirty = true;
-                    }
-                }
+                st.settle_offset(&key);
                 c.shared.settled.notify_all();
                 c.shared.changed.notify_waiters();
                 Ok(())
             }
+            Err(Stale::NotHeld) if st.moved.contains(&key) => Err(stale(
+                "receipt is stale: the message was nacked (to the retry topic) since; its next \
+                 delivery has a receipt of its own",
+            )),
             Err(Stale::NotHeld)
                 if st
                     .partitions
-                    .get(&key.0)
-                    .is_some_and(|ps| ps.acked.is_acked(key.1)) =>
+                    .get(&part_of(&key))
+                    .is_some_and(|ps| ps.acked.is_acked(key.2)) =>
             {
                 // Acknowledged before: acks are idempotent.
                 Ok(())
@@ -1402,15 +1896,27 @@ impl MessageQueue for KafkaQueue {
             .existing_consumer(topic, group)
             .await
             .ok_or_else(|| stale("no consumer of this group holds the message on this handle"))?;
-        let r = c
-            .shared
-            .lock()
-            .leases
-            .release(&key, token, Instant::now() + delay);
-        r.map_err(|_| stale("the delivery of this receipt is no longer leased"))?;
-        c.shared.settled.notify_all();
-        c.shared.changed.notify_waiters();
-        Ok(())
+        {
+            let mut st = c.shared.lock();
+            if st.nacking.contains(&key) {
+                return Err(nack_in_progress());
+            }
+            let (m, _, _) = st
+                .leases
+                .leased(&key, token)
+                .map_err(|_| stale("the delivery of this receipt is no longer leased"))?;
+            if m.ordering_key.is_some() {
+                // In place: a copy on the retry topic would let the key's next message
+                // overtake it.
+                let r = st.leases.release(&key, token, Instant::now() + delay);
+                drop(st);
+                r.map_err(|_| stale("the delivery of this receipt is no longer leased"))?;
+                c.shared.settled.notify_all();
+                c.shared.changed.notify_waiters();
+                return Ok(());
+            }
+        }
+        self.nack_to_retry(&c, key, token, delay).await
     }
 
     #[instrument(level = "debug", skip_all, fields(backend = BACKEND, topic = %topic, group = %group), err(level = "debug"))]
@@ -1428,11 +1934,11 @@ impl MessageQueue for KafkaQueue {
             .existing_consumer(topic, group)
             .await
             .ok_or_else(|| stale("no consumer of this group holds the message on this handle"))?;
-        let r = c
-            .shared
-            .lock()
-            .leases
-            .extend(&key, token, Instant::now() + extension);
+        let mut st = c.shared.lock();
+        if st.nacking.contains(&key) {
+            return Err(nack_in_progress());
+        }
+        let r = st.leases.extend(&key, token, Instant::now() + extension);
         r.map_err(|_| stale("the delivery of this receipt is no longer leased"))
     }
 }
@@ -1462,6 +1968,35 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn retry_topic_names_are_unambiguous() {
+        assert_eq!(retry_topic("t", "g"), "t.g.retry");
+        assert!(is_retry_topic_of("t.g.retry", "t"));
+        assert!(is_retry_topic_of(
+            &retry_topic("orders", "billing-1"),
+            "orders"
+        ));
+        for other in [
+            "t",
+            "t.paas-state",
+            "t.retry",
+            "t..retry",
+            "tt.g.retry",
+            "t.g.h.retry",
+            "u.g.retry",
+        ] {
+            assert!(!is_retry_topic_of(other, "t"), "{other}");
+        }
+        // A state topic is never a retry topic, whatever the names.
+        assert!(!is_retry_topic_of(&state_topic("t"), "t"));
+        assert_eq!(
+            Log::from_tag(&Log::Retry.tag().to_string()),
+            Some(Log::Retry)
+        );
+        assert_eq!(Log::from_tag(&Log::Main.tag().to_string()), Some(Log::Main));
+        assert_eq!(Log::from_tag("x"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | MQTT 5 | `mqtt` | `MqttQueue` | broker's | shared subscriptions as groups; no nack, leases, dead letters, attempt counts, ids; receipts per handle |
 //! | Redis Streams | `redis` | [`RedisStreamsQueue`] | server's | no ordering keys, no delayed publish; receipts work on every handle |
 //! | RabbitMQ | `rabbitmq` | `RabbitMqQueue` | yes | no ordering keys, no de-duplication; leases kept by the client, receipts per handle; delays by TTL queues |
-//! | Kafka | `kafka` | `KafkaQueue` | yes | consumer groups over offsets; client-side leases; no de-duplication or delayed publish |
+//! | Kafka | `kafka` | `KafkaQueue` | yes | consumer groups over offsets; client-side leases; nacks through a retry topic per group; no de-duplication or delayed publish |
 //! | NATS JetStream | `nats` | `NatsQueue` | yes | no ordering keys, no delayed publish; a stream per topic, a durable pull consumer per group |
 //!
 //! The server backends' types exist when their feature is on. Each server backend runs the

@@ -12,7 +12,9 @@
 //!
 //! Everything here lives in one process: leases, delays and attempt counts are lost when the
 //! consumer stops, and the broker delivers the unsettled messages again from its committed
-//! position.
+//! position. A backend that keeps a delay and a count in the broker (a Kafka retry topic)
+//! brings them back with [`insert_retried`](Leases::insert_retried): the message is held
+//! until its due time and its attempts continue from the stored count.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -34,8 +36,10 @@ struct Entry<M> {
     ordering_key: Option<String>,
     /// Not deliverable before this (lease deadline or nack delay).
     visible_at: Instant,
-    /// Deliveries so far.
+    /// Deliveries so far (including those before it was read, for a retried message).
     attempts: u32,
+    /// Not delivered by this holder yet (what counts as read ahead).
+    fresh: bool,
     /// The token of the current lease; `None` when not leased.
     lease: Option<u64>,
 }
@@ -96,11 +100,26 @@ impl<K: Ord + Clone, M: Clone> Leases<K, M> {
         ordering_key: Option<String>,
         visible_at: Instant,
     ) {
+        self.insert_retried(key, message, ordering_key, visible_at, 0);
+    }
+
+    /// Like [`insert`](Self::insert), for a message delivered `attempts` times before it was
+    /// read (a copy from a retry topic): its next delivery is attempt `attempts + 1`, and
+    /// `max_attempts` counts the earlier deliveries too.
+    pub(crate) fn insert_retried(
+        &mut self,
+        key: K,
+        message: M,
+        ordering_key: Option<String>,
+        visible_at: Instant,
+        attempts: u32,
+    ) {
         self.entries.entry(key).or_insert(Entry {
             message,
             ordering_key,
             visible_at,
-            attempts: 0,
+            attempts,
+            fresh: true,
             lease: None,
         });
     }
@@ -148,6 +167,7 @@ impl<K: Ord + Clone, M: Clone> Leases<K, M> {
                 continue;
             }
             self.next_token += 1;
+            e.fresh = false;
             e.lease = Some(self.next_token);
             e.visible_at = now + lease;
             let exhausted = max_attempts.is_some_and(|m| e.attempts >= m);
@@ -200,6 +220,16 @@ impl<K: Ord + Clone, M: Clone> Leases<K, M> {
         Ok(e.attempts)
     }
 
+    /// The deliveries so far and the lease deadline of the delivery `token` of `key`, and
+    /// its message.
+    pub(crate) fn leased(&self, key: &K, token: u64) -> Result<(&M, u32, Instant), Stale> {
+        match self.entries.get(key) {
+            None => Err(Stale::NotHeld),
+            Some(e) if e.lease == Some(token) => Ok((&e.message, e.attempts, e.visible_at)),
+            Some(_) => Err(Stale::OtherLease),
+        }
+    }
+
     /// Moves the deadline of the delivery `token` of `key` to `until`.
     pub(crate) fn extend(&mut self, key: &K, token: u64, until: Instant) -> Result<(), Stale> {
         self.leased_mut(key, token)?.visible_at = until;
@@ -222,9 +252,20 @@ impl<K: Ord + Clone, M: Clone> Leases<K, M> {
         self.entries.retain(|k, _| !which(k));
     }
 
-    /// How many held messages have never been delivered (what a consumer has read ahead).
-    pub(crate) fn undelivered(&self) -> usize {
-        self.entries.values().filter(|e| e.attempts == 0).count()
+    /// How many held messages this holder has not delivered yet (what a consumer has read
+    /// ahead), among the keys `of` selects and among the others, in one pass.
+    pub(crate) fn undelivered(&self, of: impl Fn(&K) -> bool) -> (usize, usize) {
+        let (mut selected, mut others) = (0, 0);
+        for (k, e) in &self.entries {
+            if e.fresh {
+                if of(k) {
+                    selected += 1;
+                } else {
+                    others += 1;
+                }
+            }
+        }
+        (selected, others)
     }
 }
 
@@ -321,9 +362,42 @@ mod tests {
         l.extend(&1, d.token, now + 3 * LEASE).unwrap();
         assert_eq!(l.running_until(now, |_| true), Some(now + 3 * LEASE));
         assert_eq!(l.running_until(now, |k| *k == 2), None);
-        assert_eq!(l.undelivered(), 1);
+        assert_eq!(l.undelivered(|k| *k == 2), (1, 0));
         l.drop_where(|k| *k == 1);
         assert_eq!(l.len(), 1);
         assert_eq!(l.extend(&1, d.token, now), Err(Stale::NotHeld));
+    }
+
+    #[test]
+    fn a_retried_message_waits_and_continues_its_count() {
+        let mut l: Leases<u32, String> = Leases::new();
+        let now = Instant::now();
+        let due = now + Duration::from_secs(5);
+        l.insert_retried(1, "m1".into(), None, due, 2);
+        assert_eq!(
+            l.undelivered(|_| true),
+            (1, 0),
+            "read ahead until delivered here"
+        );
+        let c = l.claim(1, now, LEASE, Some(3), |_| false);
+        assert!(c.delivered.is_empty());
+        assert_eq!(c.next_visible, Some(due));
+        let d = l
+            .claim(1, due, LEASE, Some(3), |_| false)
+            .delivered
+            .remove(0);
+        assert_eq!(d.attempt, 3, "continues from the stored count");
+        assert_eq!(l.undelivered(|_| true), (0, 0));
+        let (m, attempts, until) = l.leased(&1, d.token).unwrap();
+        assert_eq!((m.as_str(), attempts, until), ("m1", 3, due + LEASE));
+        assert_eq!(l.leased(&1, d.token + 1).unwrap_err(), Stale::OtherLease);
+        l.release(&1, d.token, due).unwrap();
+        let c = l.claim(1, due, LEASE, Some(3), |_| false);
+        assert_eq!(
+            c.exhausted.len(),
+            1,
+            "max_attempts counts the earlier deliveries"
+        );
+        assert_eq!(l.leased(&2, 0).unwrap_err(), Stale::NotHeld);
     }
 }
