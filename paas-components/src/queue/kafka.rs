@@ -44,7 +44,7 @@
 //!   ahead (per log at most [`READ_AHEAD`] messages it has not delivered yet; then it pauses
 //!   that log's partitions, so retry copies waiting for their due time never stop the
 //!   topic's new messages) into in-process leases
-//!   (`queue::emulation::leases`, crate-private). An ack settles one offset
+//!   (`queue::emulation::held_messages`, crate-private). An ack settles one offset
 //!   (`queue::emulation::offsets`); every [`COMMIT_INTERVAL`] the consumer
 //!   writes the changed acknowledged-beyond ranges (up to 150 per partition) to the state
 //!   topic and commits the contiguous settled prefix; synchronously when a partition is
@@ -130,7 +130,7 @@
 //! takes about half of it on tansu), `publish_timeout_ms` (1000 to 600000).
 
 use super::checks;
-use super::emulation::leases::{Leased, Leases, Stale};
+use super::emulation::held_messages::{Leased, Leases, Stale};
 use super::emulation::offsets::AckedOffsets;
 use super::emulation::receipt::Receipts;
 use async_trait::async_trait;

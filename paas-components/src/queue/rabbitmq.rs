@@ -32,7 +32,7 @@
 //!   also count against the prefetch; when they fill it, `receive` falls back to
 //!   `basic.get`, which the prefetch does not limit, so every available message stays
 //!   receivable however many are leased.
-//! - **Leases** are kept by the client (the shared `queue/emulation/lease.rs`): RabbitMQ has
+//! - **Leases** are kept by the client (the shared `queue/emulation/delivery_leases.rs`): RabbitMQ has
 //!   no per-message ack deadline. A task of the handle gives back (`basic.nack`, requeue)
 //!   every delivery whose deadline passed, so an unacknowledged message is delivered again
 //!   after its group's ack deadline; `extend_deadline` moves it. A handle that dies gives
@@ -79,7 +79,7 @@
 //! Mozilla's roots (webpki-roots); no test runs it here (the local broker speaks plain AMQP).
 
 use super::checks;
-use super::emulation::lease::{Leases, Outcome, Settle};
+use super::emulation::delivery_leases::{Leases, Outcome, Settle};
 use super::emulation::receipt::Receipts;
 use async_trait::async_trait;
 use bytes::Bytes;
