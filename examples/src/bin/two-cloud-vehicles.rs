@@ -966,10 +966,16 @@ async fn run(args: Args) -> Result<bool> {
         repair.copied + repair.tombstones_copied,
     );
     if !lost.is_empty() {
-        println!(
-            "  lost commands: {:?}",
-            lost.iter().take(10).collect::<Vec<_>>()
-        );
+        // What the execution records say of each: a claim left `running` points at the
+        // idempotent consumer, no record at all at the queue.
+        println!("  lost commands (first 10, with their record in cloud A):");
+        for id in lost.iter().take(10) {
+            let record = left_a.get(*id).map_or_else(
+                || "no record".to_string(),
+                |v| format!("{} by {}", v["state"], v["owner"]),
+            );
+            println!("    {id}: {record}");
+        }
     }
     if let Some(path) = &args.svg {
         let list: Vec<Acked> = acked
