@@ -13,7 +13,7 @@ use cloud_abstraction::MessageQueue;
 use cloud_abstraction::queue::{GroupOptions, Message, ReceiveOptions};
 use cloud_abstraction::testkit::{queue, unique_name};
 use paas_components::queue::KafkaQueue;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -293,174 +293,48 @@ fn body(m: &cloud_abstraction::queue::ReceivedMessage) -> String {
     String::from_utf8_lossy(&m.body).into_owned()
 }
 
-/// The connection to the broker is cut while a publisher and a consumer run, then restored:
-/// publishes fail with retryable errors meanwhile, the same handle recovers, no acknowledged
-/// publish is lost, unacknowledged messages come again, acknowledged ones never do.
+/// The connection goes through a proxy that is cut while publishers and a consumer run, then
+/// restored: the shared scenario (`support::queue_faults`), on a broker of the test's own.
+/// Acks are committed in the background (hence the pause before the cut); afterwards a fresh
+/// consumer of the group finds nothing: every ack was committed to the broker, not only
+/// remembered in this process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cut_and_restored() {
     let Some(bin) = tansu_bin() else { return };
     let broker = ProxiedBroker::start(&bin).await;
     let q = open(&broker.url()).await;
-    let topic = unique_name("kf");
-    let group = unique_name("kg");
-    q.create_topic(&topic).await.unwrap();
-    let options = GroupOptions {
-        ack_deadline: Duration::from_secs(4),
-        ..GroupOptions::default()
-    };
-    q.create_group(&topic, &group, options).await.unwrap();
-
-    // Before the cut: 10 acknowledged (and committed), 5 received and left unacknowledged.
-    for i in 0..10 {
-        q.publish(&topic, Message::new(format!("acked{i}")))
-            .await
-            .unwrap();
-    }
-    for m in receive_bodies(&q, &topic, &group, 10).await {
-        q.ack(&topic, &group, &m.receipt).await.unwrap();
-    }
-    for i in 0..5 {
-        q.publish(&topic, Message::new(format!("open{i}")))
-            .await
-            .unwrap();
-    }
-    let open_ones = receive_bodies(&q, &topic, &group, 5).await;
-    assert_eq!(open_ones.len(), 5, "the unacknowledged ones were received");
-    tokio::time::sleep(Duration::from_millis(500)).await; // past the commit interval
-
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Publisher: what it got an Ok for must arrive; errors during the cut must be retryable.
-    let publisher = {
-        let (q, topic, stop, cut) = (
-            Arc::clone(&q),
-            topic.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&cut),
-        );
-        tokio::spawn(async move {
-            let (mut ok, mut errors, mut ok_after) = (Vec::new(), Vec::new(), 0);
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let was_cut = cut.load(std::sync::atomic::Ordering::SeqCst);
-                match q.publish(&topic, Message::new(format!("run{i}"))).await {
-                    Ok(_) => {
-                        ok.push(format!("run{i}"));
-                        if !was_cut && !errors.is_empty() {
-                            ok_after += 1;
-                        }
-                    }
-                    Err(e) => errors.push(e),
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (ok, errors, ok_after)
-        })
-    };
-    // Consumer: acknowledges everything it gets, remembering the bodies.
-    let consumed: Arc<std::sync::Mutex<BTreeMap<String, usize>>> = Arc::default();
-    let consumer = {
-        let (q, topic, group, stop, consumed) = (
-            Arc::clone(&q),
-            topic.clone(),
-            group.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&consumed),
-        );
-        tokio::spawn(async move {
-            let mut receive_errors = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let options = ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_millis(200),
-                };
-                match q.receive(&topic, &group, options).await {
-                    Ok(batch) => {
-                        for m in batch {
-                            *consumed.lock().unwrap().entry(body(&m)).or_default() += 1;
-                            let _ = q.ack(&topic, &group, &m.receipt).await;
-                        }
-                    }
-                    Err(e) => receive_errors.push(e),
-                }
-            }
-            receive_errors
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    broker.proxy.cut().await;
-    cut.store(true, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    broker.proxy.restore();
-    cut.store(false, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (published, errors, ok_after) = publisher.await.unwrap();
-    // Drain what the consumer has not seen yet.
-    let start = Instant::now();
-    loop {
-        let missing = published
-            .iter()
-            .filter(|b| !consumed.lock().unwrap().contains_key(*b))
-            .count();
-        if missing == 0 || start.elapsed() > Duration::from_secs(30) {
-            break;
-        }
-        for m in receive_bodies(&q, &topic, &group, missing).await {
-            *consumed.lock().unwrap().entry(body(&m)).or_default() += 1;
-            q.ack(&topic, &group, &m.receipt).await.unwrap();
-        }
-    }
-    let receive_errors = consumer.await.unwrap();
-    let consumed = consumed.lock().unwrap().clone();
-
-    eprintln!(
-        "fault test: {} publishes acknowledged, {} failed ({} acknowledged after the restore); \
-         receive errors: {}",
-        published.len(),
-        errors.len(),
-        ok_after,
-        receive_errors.len()
-    );
-    for e in errors.iter().take(3).chain(errors.iter().rev().take(3)) {
-        eprintln!("  publish error: {e}");
-    }
-    assert!(!errors.is_empty(), "publishing failed during the cut");
-    for e in errors.iter().chain(&receive_errors) {
-        assert!(e.is_retryable(), "failure during the cut is retryable: {e}");
-    }
-    assert!(
-        ok_after > 0,
-        "the same handle publishes again after the restore"
-    );
-    let lost: Vec<&String> = published
-        .iter()
-        .filter(|b| !consumed.contains_key(*b))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged publishes lost: {lost:?}");
-    for m in &open_ones {
-        assert!(
-            consumed.contains_key(&body(m)),
-            "unacknowledged {} delivered again",
-            body(m)
-        );
-    }
-    for i in 0..10 {
-        assert!(
-            !consumed.contains_key(&format!("acked{i}")),
-            "acked{i} was acknowledged before the cut and came back"
-        );
-    }
-    // A fresh consumer of the group (after this one left) finds nothing: every ack was
-    // committed to the broker, not only remembered in this process.
+    let report = support::queue_faults::cut_and_restore(support::queue_faults::QueueFault {
+        queue: Arc::clone(&q),
+        proxy: &broker.proxy,
+        group_options: GroupOptions {
+            ack_deadline: Duration::from_secs(4),
+            ..GroupOptions::default()
+        },
+        cut_for: Duration::from_secs(5),
+        redelivery: Duration::from_secs(4),
+        // Past the commit interval.
+        ack_commit: Duration::from_millis(500),
+        // An ack is a local mark until its offset is committed: acks whose commit the cut
+        // lost come again (seen: held ones and the publishes around the cut redelivered after
+        // the restore). Acks before the cut were committed (`ack_commit`) and must not.
+        acks_final: false,
+        // Receives read what the client fetched, and acks are kept by the handle until the
+        // commit: neither fails while the broker is away.
+        receive_fails_while_cut: false,
+        ack_fails_while_cut: false,
+        acks_may_go_stale: true,
+        nothing_pending: None,
+    })
+    .await;
+    println!("{report}");
+    // The consumer leaves the group with the last handle.
     drop(q);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fresh = open(&broker.url()).await;
     let again = fresh
         .receive(
-            &topic,
-            &group,
+            &report.topic,
+            &report.group,
             ReceiveOptions {
                 max_messages: 100,
                 wait: Duration::from_secs(8),
@@ -469,7 +343,7 @@ async fn connection_cut_and_restored() {
         .await
         .unwrap();
     let again: Vec<String> = again.iter().map(body).collect();
-    fresh.delete_topic(&topic).await.unwrap();
+    fresh.delete_topic(&report.topic).await.unwrap();
     assert!(
         again.is_empty(),
         "acknowledged messages came back on a fresh handle: {again:?}"

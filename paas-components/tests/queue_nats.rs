@@ -13,12 +13,11 @@ use cloud_abstraction::testkit::{assert_kind, queue, unique_name};
 use cloud_abstraction::{ErrorKind, Location};
 use futures::{FutureExt, StreamExt};
 use paas_components::queue::NatsQueue;
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::TcpProxy;
+use support::queue_faults::{self, NothingPending, QueueFault};
 
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
@@ -362,10 +361,9 @@ async fn dead_lettered_after_leases_run_out() {
     .await;
 }
 
-/// The connection goes through a proxy that is cut while a publisher and a consumer run, then
-/// restored: publishing fails with retryable errors during the cut, the same handle recovers,
-/// no acknowledged publish is lost, what was not acknowledged is delivered again, and what was
-/// acknowledged before the cut is not.
+/// The connection goes through a proxy that is cut while publishers and a consumer run, then
+/// restored: the shared scenario (`support::queue_faults`), with the consumer's pending counts
+/// on the server settling acks that failed but may have been applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_connection_cut() {
     let Some(url) = url().await else { return };
@@ -374,215 +372,30 @@ async fn survives_a_connection_cut() {
     let proxied = with_prefix(&support::via(&url, proxy.addr()), &p);
     with_cleanup(&url, &p, async {
         let q: Arc<dyn MessageQueue> = Arc::new(NatsQueue::connect(&proxied).await.unwrap());
-        let topic = unique_name("t");
-        let group = "g".to_string();
-        q.create_topic(&topic).await.unwrap();
-        let options = GroupOptions {
-            ack_deadline: Duration::from_secs(2),
-            ..GroupOptions::default()
-        };
-        q.create_group(&topic, &group, options).await.unwrap();
-        let now = |max| ReceiveOptions {
-            max_messages: max,
-            wait: Duration::from_secs(2),
-        };
-
-        // Acknowledged before the cut (the server confirmed each ack).
-        let acked_before: HashSet<String> = q
-            .publish_batch(
-                &topic,
-                (0..20).map(|i| Message::new(format!("a{i}"))).collect(),
-            )
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-        let mut seen = HashSet::new();
-        while seen.len() < acked_before.len() {
-            for m in q.receive(&topic, &group, now(20)).await.unwrap() {
-                q.ack(&topic, &group, &m.receipt).await.unwrap();
-                seen.insert(m.id);
-            }
-        }
-        assert_eq!(seen, acked_before);
-        // Received before the cut and never acknowledged: must come back.
-        let held: HashSet<String> = q
-            .publish_batch(
-                &topic,
-                (0..10).map(|i| Message::new(format!("h{i}"))).collect(),
-            )
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-        let mut got_held = HashSet::new();
-        while got_held.len() < held.len() {
-            for m in q.receive(&topic, &group, now(10)).await.unwrap() {
-                got_held.insert(m.id);
-            }
-        }
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let published = Arc::new(Mutex::new(HashSet::<String>::new()));
-        let publish_errors = Arc::new(Mutex::new(Vec::<ErrorKind>::new()));
-        let publisher = {
-            let (q, topic, stop) = (Arc::clone(&q), topic.clone(), Arc::clone(&stop));
-            let (published, errors) = (Arc::clone(&published), Arc::clone(&publish_errors));
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    // The same id until it is acknowledged: a retry is de-duplicated.
-                    let id = format!("p{i}");
-                    match q
-                        .publish(&topic, Message::new(id.clone()).with_id(id.clone()))
-                        .await
-                    {
-                        Ok(_) => {
-                            published.lock().unwrap().insert(id);
-                            i += 1;
-                        }
-                        Err(e) => errors.lock().unwrap().push(e.kind()),
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        };
-        let received = Arc::new(Mutex::new(HashSet::<String>::new()));
-        let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
-        // Acks that failed: the server may have applied them (only the answer was lost).
-        let ambiguous = Arc::new(Mutex::new(HashSet::<String>::new()));
-        let consume_errors = Arc::new(Mutex::new(Vec::<ErrorKind>::new()));
-        let consumer_stop = Arc::new(AtomicBool::new(false));
-        let consumer = {
-            let (q, topic, group) = (Arc::clone(&q), topic.clone(), group.clone());
-            let (received, acked, ambiguous, errors, stop) = (
-                Arc::clone(&received),
-                Arc::clone(&acked),
-                Arc::clone(&ambiguous),
-                Arc::clone(&consume_errors),
-                Arc::clone(&consumer_stop),
-            );
-            tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    let opts = ReceiveOptions {
-                        max_messages: 10,
-                        wait: Duration::from_millis(200),
-                    };
-                    match q.receive(&topic, &group, opts).await {
-                        Ok(batch) => {
-                            for m in batch {
-                                received.lock().unwrap().insert(m.id.clone());
-                                match q.ack(&topic, &group, &m.receipt).await {
-                                    Ok(()) => {
-                                        acked.lock().unwrap().insert(m.id);
-                                    }
-                                    Err(e) => {
-                                        errors.lock().unwrap().push(e.kind());
-                                        ambiguous.lock().unwrap().insert(m.id);
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            errors.lock().unwrap().push(e.kind());
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            })
-        };
-
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        proxy.cut().await;
-        let published_at_cut = published.lock().unwrap().len();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let published_in_cut = published.lock().unwrap().len() - published_at_cut;
-        proxy.restore();
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        stop.store(true, Ordering::SeqCst);
-        publisher.await.unwrap();
-        let published_after = published.lock().unwrap().len() - published_at_cut - published_in_cut;
-
-        // Drain: every acknowledged publish and every held message gets acknowledged, or its
-        // ack failed after the server applied it (then the server holds nothing for it).
-        let mut must: HashSet<String> = published.lock().unwrap().clone();
-        must.extend(held.iter().cloned());
-        let settled = |acked: &HashSet<String>| {
-            let ambiguous = ambiguous.lock().unwrap();
-            must.iter()
-                .all(|m| acked.contains(m) || ambiguous.contains(m))
-        };
-        let start = Instant::now();
-        while !settled(&acked.lock().unwrap()) && start.elapsed() < Duration::from_secs(40) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // An ambiguous ack that was not applied is delivered again after the lease (2 s):
-        // keep consuming until the server holds nothing pending for the group.
-        let stream = format!("{}_{}", p.to_ascii_uppercase(), topic);
-        let (pending, ack_pending) = loop {
-            let (pending, ack_pending) = consumer_pending(&url, &stream, &group).await;
-            if (pending == 0 && ack_pending == 0) || start.elapsed() > Duration::from_secs(50) {
-                break (pending, ack_pending);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        consumer_stop.store(true, Ordering::SeqCst);
-        consumer.await.unwrap();
-        assert_eq!(
-            (pending, ack_pending),
-            (0, 0),
-            "the server still holds messages for the group"
-        );
-        let acked = acked.lock().unwrap().clone();
-        let ambiguous = ambiguous.lock().unwrap().clone();
-        eprintln!(
-            "fault test: {} published before the cut, {published_in_cut} during, {published_after} \
-             after; {} publish errors, {} receive/ack errors; {} acknowledged, {} acks failed \
-             and applied by the server",
-            published_at_cut,
-            publish_errors.lock().unwrap().len(),
-            consume_errors.lock().unwrap().len(),
-            acked.len(),
-            must.iter()
-                .filter(|m| !acked.contains(*m) && ambiguous.contains(*m))
-                .count()
-        );
-        // Missing from `acked` only where the ack failed and the server applied it anyway
-        // (it holds nothing pending, checked above).
-        let missing: Vec<&String> = must
-            .difference(&acked)
-            .filter(|m| !ambiguous.contains(*m))
-            .collect();
-        assert!(missing.is_empty(), "lost: {missing:?}");
-        let errors = publish_errors.lock().unwrap().clone();
-        assert!(!errors.is_empty(), "publishing during the cut failed");
-        assert!(
-            errors.iter().all(|k| k.is_retryable()),
-            "publish errors are retryable: {errors:?}"
-        );
-        let consume_errors = consume_errors.lock().unwrap().clone();
-        assert!(
-            consume_errors.iter().all(|k| k.is_retryable()),
-            "receive/ack errors are retryable: {consume_errors:?}"
-        );
-        assert!(
-            published_after > 0,
-            "the same handle publishes again after the cut"
-        );
-        assert!(
-            published_in_cut <= 1,
-            "at most the publish in flight at the cut succeeded"
-        );
-        let received = received.lock().unwrap().clone();
-        let again: Vec<&String> = acked_before.intersection(&received).collect();
-        assert!(
-            again.is_empty(),
-            "acknowledged before the cut, delivered again: {again:?}"
-        );
-        // Nothing is left pending past the lease.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert!(q.receive(&topic, &group, now(10)).await.unwrap().is_empty());
-        q.delete_topic(&topic).await.unwrap();
+        let (direct, stream_prefix) = (url.clone(), p.to_ascii_uppercase());
+        let nothing_pending: NothingPending = Box::new(move |topic, group| {
+            let (direct, stream) = (direct.clone(), format!("{stream_prefix}_{topic}"));
+            Box::pin(async move { consumer_pending(&direct, &stream, &group).await == (0, 0) })
+        });
+        let report = queue_faults::cut_and_restore(QueueFault {
+            queue: Arc::clone(&q),
+            proxy: &proxy,
+            group_options: GroupOptions {
+                ack_deadline: Duration::from_secs(2),
+                ..GroupOptions::default()
+            },
+            cut_for: Duration::from_secs(3),
+            redelivery: Duration::from_secs(2),
+            ack_commit: Duration::ZERO,
+            acks_final: true,
+            receive_fails_while_cut: false,
+            ack_fails_while_cut: false,
+            acks_may_go_stale: false,
+            nothing_pending: Some(nothing_pending),
+        })
+        .await;
+        println!("{report}");
+        q.delete_topic(&report.topic).await.unwrap();
     })
     .await;
 }

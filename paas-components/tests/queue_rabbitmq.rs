@@ -12,11 +12,10 @@ use cloud_abstraction::queue::{GroupOptions, Message, MessageQueue, ReceiveOptio
 use cloud_abstraction::testkit::{queue, unique_name};
 use cloud_abstraction::{ErrorKind, Location};
 use paas_components::queue::RabbitMqQueue;
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::TcpProxy;
+use support::queue_faults::{self, QueueFault};
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -247,219 +246,36 @@ async fn secrets_stay_out_of_debug_and_errors() {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What the consumer of the fault test saw.
-#[derive(Default)]
-struct Ledger {
-    /// Messages whose ack returned `Ok`, and when.
-    acked_at: BTreeMap<String, Instant>,
-    /// When the cut began.
-    cut_at: Option<Instant>,
-    /// Messages received before the cut and not acknowledged.
-    held: BTreeSet<String>,
-    /// Messages delivered after the cut began.
-    after_cut: BTreeSet<String>,
-    /// Messages whose ack failed: the broker may or may not have it.
-    unknown: BTreeSet<String>,
-    /// Deliveries of acknowledged messages.
-    violations: Vec<String>,
-}
-
-impl Ledger {
-    fn ack(&mut self, body: String) {
-        self.acked_at.insert(body, Instant::now());
-    }
-
-    fn delivered(&mut self, body: &str, after_cut: bool) {
-        if let Some(at) = self.acked_at.get(body) {
-            let relative = match self.cut_at {
-                Some(cut) if *at <= cut => format!("acked {:?} before the cut", cut - *at),
-                Some(cut) => format!("acked {:?} after the cut", *at - cut),
-                None => "acked, no cut yet".to_string(),
-            };
-            self.violations.push(format!("{body} ({relative})"));
-        }
-        if after_cut {
-            self.after_cut.insert(body.to_string());
-        }
-    }
-}
-
-/// Publishers and consumers run through a proxy that is cut and restored: publishing fails
-/// with retryable errors meanwhile, the same handle recovers, no confirmed publish is lost,
-/// every unacknowledged message comes again, and no message whose ack returned `Ok` does.
+/// The connection goes through a proxy that is cut while publishers and a consumer run, then
+/// restored: the shared scenario (`support::queue_faults`). The group's lease is 60 s, longer
+/// than the scenario waits: the held messages come again because their channel died with the
+/// cut, not because their lease ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_cut_connection() {
     let _alone = SERIAL.lock().await;
     let Some(url) = url().await else { return };
     let proxy = TcpProxy::start(&support::target_of(&url)).await;
-    let via = support::via(&url, proxy.addr());
-    let q = open(&via).await;
-    let topic = unique_name("rt");
-    let group = unique_name("rg");
-    q.create_topic(&topic).await.unwrap();
-    q.create_group(
-        &topic,
-        &group,
-        GroupOptions {
+    let q = open(&support::via(&url, proxy.addr())).await;
+    let report = queue_faults::cut_and_restore(QueueFault {
+        queue: Arc::clone(&q),
+        proxy: &proxy,
+        group_options: GroupOptions {
             ack_deadline: Duration::from_secs(60),
             ..GroupOptions::default()
         },
-    )
-    .await
-    .unwrap();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let confirmed = Arc::new(std::sync::Mutex::new(BTreeSet::<String>::new()));
-    let retryable_failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let publisher = {
-        let (q, topic, stop, confirmed, failures) = (
-            Arc::clone(&q),
-            topic.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&confirmed),
-            Arc::clone(&retryable_failures),
-        );
-        tokio::spawn(async move {
-            let mut n = 0u32;
-            while !stop.load(Ordering::SeqCst) {
-                // A new body per attempt: a failed publish may still have reached the broker
-                // (its confirm lost), and a retry under the same body would look like a
-                // redelivery.
-                let body = format!("m{n}");
-                n += 1;
-                match q.publish(&topic, Message::new(body.clone())).await {
-                    Ok(_) => {
-                        confirmed.lock().unwrap().insert(body);
-                    }
-                    Err(e) => {
-                        assert!(e.is_retryable(), "publish failed for good: {e}");
-                        failures.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
-    // Before the cut the consumer acks every other message and keeps the rest leased (60 s);
-    // after it, it acks everything. Any delivery of a message whose ack returned `Ok` is a
-    // violation.
-    let cut = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
-    let consumer = {
-        let (q, topic, group, stop, cut, ledger) = (
-            Arc::clone(&q),
-            topic.clone(),
-            group.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&cut),
-            Arc::clone(&ledger),
-        );
-        tokio::spawn(async move {
-            let mut flip = false;
-            while !stop.load(Ordering::SeqCst) {
-                let got = match q.receive(&topic, &group, opts(5, 200)).await {
-                    Ok(got) => got,
-                    Err(e) => {
-                        assert!(e.is_retryable(), "receive failed for good: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                for m in got {
-                    let body = String::from_utf8_lossy(&m.body).into_owned();
-                    let after_cut = cut.load(Ordering::SeqCst);
-                    ledger.lock().unwrap().delivered(&body, after_cut);
-                    flip = !flip;
-                    if flip && !after_cut {
-                        ledger.lock().unwrap().held.insert(body);
-                        continue;
-                    }
-                    match q.ack(&topic, &group, &m.receipt).await {
-                        Ok(()) => {
-                            ledger.lock().unwrap().ack(body);
-                        }
-                        Err(e) => {
-                            assert!(
-                                e.is_retryable() || e.kind() == ErrorKind::PreconditionFailed,
-                                "ack: {e}"
-                            );
-                            // Sent or not: the broker may have it, or deliver it again.
-                            ledger.lock().unwrap().unknown.insert(body);
-                        }
-                    }
-                }
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    cut.store(true, Ordering::SeqCst);
-    ledger.lock().unwrap().cut_at = Some(Instant::now());
-    proxy.cut().await;
-    let cut_at = Instant::now();
-    // During the cut a publish fails, retryably, rather than hanging.
-    let err = q
-        .publish(&topic, Message::new("during"))
-        .await
-        .expect_err("publish while cut");
-    assert!(err.is_retryable(), "{err}");
-    while cut_at.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    proxy.restore();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    stop.store(true, Ordering::SeqCst);
-    publisher.await.unwrap();
-    consumer.await.unwrap();
-    assert!(retryable_failures.load(Ordering::SeqCst) > 0);
-
-    // The same handle drains the group: every confirmed message ends up acknowledged.
-    let confirmed = confirmed.lock().unwrap().clone();
-    let start = Instant::now();
-    loop {
-        let missing = {
-            let l = ledger.lock().unwrap();
-            confirmed
-                .iter()
-                .filter(|b| !l.acked_at.contains_key(*b) && !l.unknown.contains(*b))
-                .count()
-        };
-        if missing == 0 || start.elapsed() > Duration::from_secs(20) {
-            break;
-        }
-        // Messages held before the cut were leased for 60 s on a channel that died with it:
-        // the broker gave them back, so they come without waiting for their deadline.
-        for m in q.receive(&topic, &group, opts(50, 300)).await.unwrap() {
-            let body = String::from_utf8_lossy(&m.body).into_owned();
-            ledger.lock().unwrap().delivered(&body, true);
-            q.ack(&topic, &group, &m.receipt).await.unwrap();
-            ledger.lock().unwrap().ack(body);
-        }
-    }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    assert!(
-        !ledger.held.is_empty() && !ledger.acked_at.is_empty(),
-        "the workload ran"
-    );
-    let missing: Vec<&String> = confirmed
-        .iter()
-        .filter(|b| !ledger.acked_at.contains_key(*b) && !ledger.unknown.contains(*b))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "confirmed but never delivered: {missing:?}"
-    );
-    assert!(
-        ledger.violations.is_empty(),
-        "acknowledged, yet delivered again: {:?}",
-        ledger.violations
-    );
-    let not_again: Vec<&String> = ledger.held.difference(&ledger.after_cut).collect();
-    assert!(
-        not_again.is_empty(),
-        "unacknowledged before the cut, not delivered again: {not_again:?}"
-    );
-    q.delete_topic(&topic).await.unwrap();
-    assert!(!queue_exists(&url, &format!("paas.{topic}.{group}")).await);
+        cut_for: Duration::from_secs(2),
+        redelivery: Duration::from_secs(3),
+        ack_commit: Duration::ZERO,
+        acks_final: true,
+        receive_fails_while_cut: true,
+        ack_fails_while_cut: true,
+        acks_may_go_stale: true,
+        nothing_pending: None,
+    })
+    .await;
+    println!("{report}");
+    q.delete_topic(&report.topic).await.unwrap();
+    assert!(!queue_exists(&url, &format!("paas.{}.{}", report.topic, report.group)).await);
 }
 
 #[tokio::test]

@@ -14,12 +14,12 @@ use cloud_abstraction::testkit::{queue, unique_name};
 use cloud_abstraction::{ErrorKind, Location};
 use paas_components::queue::RedisStreamsQueue;
 use redis::Value;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::TcpProxy;
+use support::queue_faults::{self, NothingPending, QueueFault};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379/0";
 
@@ -341,217 +341,66 @@ async fn new_entries_read_past_the_maximum_are_given_back() {
     .await;
 }
 
-/// Calls while the proxy is cut must fail with a retryable kind, within a bound.
-async fn assert_fails_retryably<T: std::fmt::Debug>(
-    what: &str,
-    call: impl Future<Output = cloud_abstraction::Result<T>>,
-) {
-    let started = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(15), call)
+/// The number of entries pending for `group` of `topic` in namespace `ns` (XPENDING), asked
+/// over a connection of its own.
+async fn pending_count(url: &str, ns: &str, topic: &str, group: &str) -> Value {
+    let mut conn = direct(url).await;
+    let pending: Value = redis::cmd("XPENDING")
+        .arg(format!("{{{ns}}}:s:{topic}"))
+        .arg(group)
+        .query_async(&mut conn)
         .await
-        .unwrap_or_else(|_| panic!("{what} hung while the server was cut off"));
-    let err = result.expect_err(what);
-    assert!(err.is_retryable(), "{what}: {err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{what} took {:?}",
-        started.elapsed()
-    );
+        .unwrap();
+    let Value::Array(summary) = pending else {
+        panic!("XPENDING summary: {pending:?}")
+    };
+    summary.into_iter().next().expect("XPENDING count")
 }
 
-#[derive(Default)]
-struct Consumed {
-    /// Bodies acknowledged (the ack returned Ok).
-    acked: HashSet<String>,
-    /// Every body delivered, with repeats.
-    delivered: Vec<String>,
-    /// Bodies whose ack failed: the server may or may not have applied it.
-    ambiguous: HashSet<String>,
-    failures: u32,
-}
-
+/// The connection goes through a proxy that is cut while publishers and a consumer run, then
+/// restored: the shared scenario (`support::queue_faults`), with XPENDING settling acks that
+/// failed but may have been applied, and checked again at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_cut_and_restore_loses_nothing() {
     let Some(url) = url().await else { return };
     let u = url.clone();
     in_namespace(&url, |ns| async move {
         let proxy = TcpProxy::start(&support::target_of(&u)).await;
-        let q = Arc::new(
+        let q: Arc<dyn MessageQueue> = Arc::new(
             RedisStreamsQueue::connect(&with_prefix(&support::via(&u, proxy.addr()), &ns))
                 .await
                 .unwrap()
                 .with_timeout(Duration::from_secs(2)),
         );
-        let (topic, group) = ("orders", "workers");
-        q.create_topic(topic).await.unwrap();
-        q.create_group(
-            topic,
-            group,
-            GroupOptions {
+        let (direct_url, namespace) = (u.clone(), ns.clone());
+        let nothing_pending: NothingPending = Box::new(move |topic, group| {
+            let (url, ns) = (direct_url.clone(), namespace.clone());
+            Box::pin(async move { pending_count(&url, &ns, &topic, &group).await == Value::Int(0) })
+        });
+        let report = queue_faults::cut_and_restore(QueueFault {
+            queue: Arc::clone(&q),
+            proxy: &proxy,
+            group_options: GroupOptions {
                 ack_deadline: Duration::from_secs(2),
                 ..GroupOptions::default()
             },
-        )
-        .await
-        .unwrap();
-
-        // Before the cut: one message acknowledged, two delivered and left unacknowledged.
-        q.publish(topic, Message::new("acked-before"))
-            .await
-            .unwrap();
-        let m = q.receive(topic, group, opts(1, 2000)).await.unwrap();
-        assert_eq!(body(&m[0]), "acked-before");
-        q.ack(topic, group, &m[0].receipt).await.unwrap();
-        q.publish_batch(
-            topic,
-            vec![Message::new("unacked-1"), Message::new("unacked-2")],
-        )
-        .await
-        .unwrap();
-        let unacked = q.receive(topic, group, opts(2, 2000)).await.unwrap();
-        assert_eq!(unacked.len(), 2);
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let consumed = Arc::new(Mutex::new(Consumed::default()));
-        let publisher = {
-            let (q, stop) = (Arc::clone(&q), Arc::clone(&stop));
-            tokio::spawn(async move {
-                let (mut acked, mut failures, mut n) = (Vec::new(), 0u32, 0u32);
-                while !stop.load(Ordering::SeqCst) {
-                    let text = format!("p{n:05}");
-                    n += 1;
-                    let started = Instant::now();
-                    let r = tokio::time::timeout(
-                        Duration::from_secs(15),
-                        q.publish(topic, Message::new(text.clone())),
-                    )
-                    .await
-                    .unwrap_or_else(|_| panic!("publish {text} hung"));
-                    assert!(started.elapsed() < Duration::from_secs(10));
-                    match r {
-                        Ok(_) => acked.push(text),
-                        Err(e) => {
-                            assert!(e.is_retryable(), "publish during the cut: {e}");
-                            failures += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                (acked, failures)
-            })
-        };
-        let consumer = {
-            let (q, stop, consumed) = (Arc::clone(&q), Arc::clone(&stop), Arc::clone(&consumed));
-            tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    let r = tokio::time::timeout(
-                        Duration::from_secs(15),
-                        q.receive(topic, group, opts(10, 200)),
-                    )
-                    .await
-                    .expect("receive hung");
-                    let got = match r {
-                        Ok(got) => got,
-                        Err(e) => {
-                            assert!(e.is_retryable(), "receive during the cut: {e}");
-                            consumed.lock().unwrap().failures += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    for m in got {
-                        let text = body(&m);
-                        consumed.lock().unwrap().delivered.push(text.clone());
-                        match q.ack(topic, group, &m.receipt).await {
-                            Ok(()) => {
-                                consumed.lock().unwrap().acked.insert(text);
-                            }
-                            // Unacknowledged: it must come back after its deadline.
-                            Err(e) => {
-                                assert!(e.is_retryable(), "ack during the cut: {e}");
-                                let mut state = consumed.lock().unwrap();
-                                state.failures += 1;
-                                state.ambiguous.insert(text);
-                            }
-                        }
-                    }
-                }
-            })
-        };
-
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        proxy.cut().await;
-        assert_fails_retryably("publish", q.publish(topic, Message::new("during"))).await;
-        assert_fails_retryably("receive", q.receive(topic, group, opts(1, 100))).await;
-        assert_fails_retryably("ack", q.ack(topic, group, &unacked[0].receipt)).await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        proxy.restore();
-
-        // The same handle recovers (bounded polling for the reconnect).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = q.publish(topic, Message::new("after")).await {
-            assert!(e.is_retryable(), "after restore: {e}");
-            assert!(Instant::now() < deadline, "no recovery within 30 s: {e}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        stop.store(true, Ordering::SeqCst);
-        let (published, publish_failures) = publisher.await.unwrap();
-        consumer.await.unwrap();
-        assert!(publish_failures > 0, "the publisher saw the cut");
-        assert!(!published.is_empty());
-
-        // Drain: every acknowledged publish and every unacknowledged delivery arrives.
-        let mut want: BTreeSet<String> = published.iter().cloned().collect();
-        want.extend(["unacked-1", "unacked-2", "after"].map(String::from));
-        let mut state = Arc::try_unwrap(consumed)
-            .ok()
-            .unwrap()
-            .into_inner()
-            .unwrap();
-        let drain_until = Instant::now() + Duration::from_secs(30);
-        while !want.iter().all(|w| state.acked.contains(w)) && Instant::now() < drain_until {
-            for m in q.receive(topic, group, opts(100, 500)).await.unwrap() {
-                q.ack(topic, group, &m.receipt).await.unwrap();
-                state.delivered.push(body(&m));
-                state.acked.insert(body(&m));
-            }
-        }
-        // A message may be missing only if its ack failed after the server applied it: then
-        // nothing is left pending.
-        let missing: Vec<&String> = want.iter().filter(|w| !state.acked.contains(*w)).collect();
-        assert!(
-            missing.iter().all(|m| state.ambiguous.contains(*m)),
-            "lost: {missing:?}"
-        );
-        let mut conn = direct(&u).await;
-        let pending: Value = redis::cmd("XPENDING")
-            .arg(format!("{{{ns}}}:s:{topic}"))
-            .arg(group)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let Value::Array(summary) = pending else {
-            panic!("XPENDING summary: {pending:?}")
-        };
+            cut_for: Duration::from_secs(2),
+            redelivery: Duration::from_secs(2),
+            ack_commit: Duration::ZERO,
+            acks_final: true,
+            receive_fails_while_cut: true,
+            ack_fails_while_cut: true,
+            acks_may_go_stale: false,
+            nothing_pending: Some(nothing_pending),
+        })
+        .await;
+        println!("{report}");
         assert_eq!(
-            summary.first(),
-            Some(&Value::Int(0)),
+            pending_count(&u, &ns, &report.topic, &report.group).await,
+            Value::Int(0),
             "nothing left pending"
         );
-        assert!(
-            !state.delivered.iter().any(|d| d == "acked-before"),
-            "a message acknowledged before the cut came back"
-        );
-        println!(
-            "fault test: {} publishes acknowledged, {publish_failures} failed; {} consumer \
-             failures; {} deliveries",
-            published.len(),
-            state.failures,
-            state.delivered.len()
-        );
-        q.delete_topic(topic).await.unwrap();
+        q.delete_topic(&report.topic).await.unwrap();
     })
     .await;
 }

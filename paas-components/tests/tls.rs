@@ -55,6 +55,7 @@ fn with_addr(url: &str, addr: std::net::SocketAddr) -> String {
 }
 
 /// `url` with user `user` and password `password`.
+#[cfg(feature = "postgres")]
 fn with_password(url: &str, user: &str, password: &str) -> String {
     let mut u = url::Url::parse(url).unwrap();
     u.set_username(user).unwrap();

@@ -5,6 +5,7 @@
 pub mod blob_faults;
 pub mod document_faults;
 pub mod jepsen;
+pub mod queue_faults;
 
 // The proxy is the library's (`paas_components::testing`, feature `testing`); included by
 // path so that the suites need not enable the feature.
