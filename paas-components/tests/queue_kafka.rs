@@ -271,22 +271,14 @@ impl ProxiedBroker {
     }
 }
 
+/// Receives until `n` messages arrived (20 s at most).
 async fn receive_bodies(
     q: &Arc<dyn MessageQueue>,
     topic: &str,
     group: &str,
     n: usize,
 ) -> Vec<cloud_abstraction::queue::ReceivedMessage> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    while got.len() < n && start.elapsed() < Duration::from_secs(20) {
-        let options = ReceiveOptions {
-            max_messages: n - got.len(),
-            wait: Duration::from_millis(300),
-        };
-        got.extend(q.receive(topic, group, options).await.unwrap());
-    }
-    got
+    support::queue_faults::receive_n(q.as_ref(), topic, group, n, Duration::from_secs(20)).await
 }
 
 fn body(m: &cloud_abstraction::queue::ReceivedMessage) -> String {

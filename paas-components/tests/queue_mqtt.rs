@@ -206,23 +206,7 @@ async fn receive_n(
     group: &str,
     n: usize,
 ) -> Vec<cloud_abstraction::queue::ReceivedMessage> {
-    let start = std::time::Instant::now();
-    let mut got = Vec::new();
-    while got.len() < n && start.elapsed() < Duration::from_secs(15) {
-        got.extend(
-            q.receive(
-                topic,
-                group,
-                ReceiveOptions {
-                    max_messages: n - got.len(),
-                    wait: Duration::from_millis(300),
-                },
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    got
+    support::queue_faults::receive_n(q, topic, group, n, Duration::from_secs(15)).await
 }
 
 fn unique(prefix: &str) -> String {

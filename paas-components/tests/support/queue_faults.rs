@@ -190,16 +190,17 @@ async fn assert_fails_retryably<T: std::fmt::Debug>(
     );
 }
 
-/// Receives until `n` messages arrived (20 s at most).
-async fn receive_n(
+/// Receives until `n` messages arrived or `patience` ran out (receives of 300 ms each).
+pub async fn receive_n(
     q: &dyn MessageQueue,
     topic: &str,
     group: &str,
     n: usize,
+    patience: Duration,
 ) -> Vec<cloud_abstraction::queue::ReceivedMessage> {
     let start = Instant::now();
     let mut got = Vec::new();
-    while got.len() < n && start.elapsed() < Duration::from_secs(20) {
+    while got.len() < n && start.elapsed() < patience {
         got.extend(
             q.receive(topic, group, opts(n - got.len(), 300))
                 .await
@@ -241,7 +242,14 @@ pub async fn cut_and_restore(fault: QueueFault<'_>) -> QueueFaultReport {
     )
     .await
     .unwrap();
-    let got = receive_n(q.as_ref(), &topic, &group, ACKED_BEFORE).await;
+    let got = receive_n(
+        q.as_ref(),
+        &topic,
+        &group,
+        ACKED_BEFORE,
+        Duration::from_secs(20),
+    )
+    .await;
     let mut seen = HashSet::new();
     for m in &got {
         q.ack(&topic, &group, &m.receipt).await.unwrap();
@@ -260,7 +268,7 @@ pub async fn cut_and_restore(fault: QueueFault<'_>) -> QueueFaultReport {
     )
     .await
     .unwrap();
-    let held = receive_n(q.as_ref(), &topic, &group, HELD).await;
+    let held = receive_n(q.as_ref(), &topic, &group, HELD, Duration::from_secs(20)).await;
     assert_eq!(
         held.iter().map(body).collect::<HashSet<_>>(),
         held_bodies,
